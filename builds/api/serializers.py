@@ -1,0 +1,226 @@
+"""Input validation for job creation (contract 1.1). Strict about JSON types: a number where
+a string belongs is an error, not silently converted. Unknown fields are ignored, and output
+fields a client sends (status, imageTag, logPath, ...) are never read."""
+
+import re
+
+from django.conf import settings
+from rest_framework import serializers
+
+from builds.services import gitsource
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+RUNTIME = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,31}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
+MAX_ENV_ENTRIES = 200
+
+
+class StrictString(serializers.CharField):
+    default_error_messages = {"invalid": "must be a string"}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if "\x00" in data:
+            raise serializers.ValidationError("must not contain NUL characters")
+        return super().to_internal_value(data)
+
+
+class StrictInteger(serializers.IntegerField):
+    default_error_messages = {"invalid": "must be a whole number"}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictNumber(serializers.FloatField):
+    default_error_messages = {"invalid": "must be a number"}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBoolean(serializers.BooleanField):
+    default_error_messages = {"invalid": "must be true or false"}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class IdField(StrictString):
+    def __init__(self, **kwargs):
+        super().__init__(max_length=128, **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not ID_PATTERN.match(value):
+            raise serializers.ValidationError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        if set(value) == {"."}:
+            raise serializers.ValidationError("must not consist of dots only")
+        return value
+
+
+class Command(StrictString):
+    def __init__(self, **kwargs):
+        super().__init__(max_length=2000, required=False, allow_blank=True, **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if any(ord(c) < 0x20 and c != "\t" for c in value):
+            raise serializers.ValidationError("must be one line without control characters")
+        return value.strip()
+
+
+def _source_error(exc: gitsource.SourceError):
+    return serializers.ValidationError(str(exc))
+
+
+class SourceInfoInput(serializers.Serializer):
+    gitRepository = StrictString(max_length=gitsource.MAX_URL_LENGTH)
+    commitSha = StrictString(required=False, allow_blank=True, max_length=64)
+    ref = StrictString(required=False, allow_blank=True, max_length=255)
+    workingDir = StrictString(required=False, allow_blank=True, max_length=1024)
+
+    def validate_gitRepository(self, value):
+        try:
+            repo = gitsource.parse_repository(value)
+            gitsource.check_host_allowed(repo)
+        except gitsource.SourceError as exc:
+            raise _source_error(exc)
+        return value
+
+    def validate_commitSha(self, value):
+        try:
+            return gitsource.validate_commit(value) if value else ""
+        except gitsource.SourceError as exc:
+            raise _source_error(exc)
+
+    def validate_ref(self, value):
+        try:
+            return gitsource.validate_ref(value) if value else ""
+        except gitsource.SourceError as exc:
+            raise _source_error(exc)
+
+    def validate_workingDir(self, value):
+        try:
+            return gitsource.validate_relative_path(value, "workingDir")
+        except gitsource.SourceError as exc:
+            raise _source_error(exc)
+
+
+class ResourceLimitsInput(serializers.Serializer):
+    cpu = StrictNumber(required=False, allow_null=True, min_value=0.01, max_value=64)
+    memoryMB = StrictInteger(required=False, allow_null=True, min_value=16, max_value=1024 * 1024)
+
+
+class VersionField(serializers.Field):
+    """A string, or a number as the seed README's example sends (`"version": 18`)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+            raise serializers.ValidationError("must be a string")
+        value = str(data).strip()
+        if value and not VERSION.match(value):
+            raise serializers.ValidationError("must look like a version (e.g. 20, 3.12, 1.23)")
+        return value
+
+    def to_representation(self, value):
+        return value
+
+
+class PortField(serializers.Field):
+    def to_internal_value(self, data):
+        if isinstance(data, str) and data.strip().isdigit():
+            data = int(data.strip())
+        if isinstance(data, bool) or not isinstance(data, int) or not 1 <= data <= 65535:
+            raise serializers.ValidationError("must be a port number from 1 to 65535")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+class BuildConfigInput(serializers.Serializer):
+    isAutoBuild = StrictBoolean(required=False, default=False)
+    runtime = StrictString(required=False, allow_blank=True, max_length=32)
+    version = VersionField(required=False)
+    prebuildCommand = Command()
+    installCommand = Command()
+    buildCommand = Command()
+    runCommand = Command()
+    exposePort = PortField(required=False, allow_null=True)
+    timeoutSeconds = StrictInteger(required=False, allow_null=True, min_value=1)
+    resourceLimits = ResourceLimitsInput(required=False, allow_null=True)
+    env = serializers.DictField(child=StrictString(allow_blank=True, max_length=32768), required=False)
+    secrets = serializers.ListField(child=StrictString(max_length=128), required=False, max_length=MAX_ENV_ENTRIES)
+    dockerfilePath = StrictString(required=False, allow_blank=True, max_length=1024)
+    buildContextDir = StrictString(required=False, allow_blank=True, max_length=1024)
+
+    def validate_runtime(self, value):
+        value = value.strip().lower()
+        if value and not RUNTIME.match(value):
+            raise serializers.ValidationError("must be a runtime name such as node, python or go")
+        return value
+
+    def validate_timeoutSeconds(self, value):
+        if value is not None and value > settings.MAX_TIMEOUT_SECONDS:
+            raise serializers.ValidationError(f"must be at most {settings.MAX_TIMEOUT_SECONDS}")
+        return value
+
+    def validate_env(self, value):
+        if len(value) > MAX_ENV_ENTRIES:
+            raise serializers.ValidationError(f"at most {MAX_ENV_ENTRIES} entries")
+        bad = [key for key in value if not ENV_KEY.match(key)]
+        if bad:
+            raise serializers.ValidationError(f"invalid variable name {bad[0][:64]!r}")
+        return value
+
+    def validate_dockerfilePath(self, value):
+        try:
+            return gitsource.validate_relative_path(value, "dockerfilePath")
+        except gitsource.SourceError as exc:
+            raise _source_error(exc)
+
+    def validate_buildContextDir(self, value):
+        try:
+            return gitsource.validate_relative_path(value, "buildContextDir")
+        except gitsource.SourceError as exc:
+            raise _source_error(exc)
+
+    def validate(self, attrs):
+        missing = [key for key in attrs.get("secrets", []) if key not in attrs.get("env", {})]
+        if missing:
+            raise serializers.ValidationError({"secrets": f"{missing[0]!r} is not a key of env"})
+        install = attrs.get("prebuildCommand") or attrs.get("installCommand") or ""
+        if install:
+            attrs["prebuildCommand"] = attrs["installCommand"] = install
+        # Drop empty optional values so the stored config says only what the client asked.
+        return {k: v for k, v in attrs.items() if v not in ("", None, [], {}) or k == "isAutoBuild"}
+
+
+class JobCreateInput(serializers.Serializer):
+    id = IdField()
+    projectId = IdField()
+    userId = IdField()
+    sourceType = StrictString(required=False, default="git")
+    sourceInfo = SourceInfoInput()
+    buildConfig = BuildConfigInput(required=False, default=dict)
+
+    def validate_sourceType(self, value):
+        if value != "git":
+            raise serializers.ValidationError("the only supported sourceType is 'git'")
+        return value
+
+    def validate_sourceInfo(self, value):
+        return {k: v for k, v in value.items() if v}

@@ -1,0 +1,61 @@
+"""Why a build ended badly, split by whose fault it is.
+
+Every error carries a stable ``code`` (stored on the job as ``errorCode``) and a one-line
+message. ``UserError``s are the repository's or the request's fault and are never retried;
+``TransientError``s are infrastructure failures and are retried with backoff.
+"""
+
+
+class BuildError(Exception):
+    code = "BUILD_FAILED"
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message.strip().splitlines()[0][:500] if message.strip() else self.code
+        if code:
+            self.code = code
+
+
+class UserError(BuildError):
+    """The request or the repository cannot be built as it is; retrying will not help."""
+
+    code = "BUILD_FAILED"
+
+
+class TransientError(BuildError):
+    """Something we depend on (git host, buildkitd, registry) failed; a retry may succeed."""
+
+    code = "INFRASTRUCTURE_ERROR"
+    retryable = True
+
+
+class BuildCanceled(BuildError):
+    code = "CANCELED"
+
+
+class BuildTimedOut(BuildError):
+    code = "TIMEOUT"
+
+
+class LeaseLost(BuildError):
+    """Another worker (or the reaper) owns the job now; stop without touching the row."""
+
+    code = "LEASE_LOST"
+
+
+# Stable codes, grouped for reference. Detection and generation use the user codes.
+SOURCE_NOT_FOUND = "SOURCE_NOT_FOUND"            # repository or ref does not exist
+COMMIT_NOT_FOUND = "COMMIT_NOT_FOUND"            # commitSha unknown to the repository
+WORKING_DIR_INVALID = "WORKING_DIR_INVALID"      # workingDir/buildContextDir missing or escaping
+DOCKERFILE_NOT_FOUND = "DOCKERFILE_NOT_FOUND"    # no Dockerfile and nothing to generate
+DOCKERFILE_INVALID = "DOCKERFILE_INVALID"        # Dockerfile unreadable, symlink out, too big, parse error
+UNSUPPORTED_RUNTIME = "UNSUPPORTED_RUNTIME"      # runtime/version not in runtimes.json
+NOTHING_TO_BUILD = "NOTHING_TO_BUILD"            # detection found nothing buildable
+COMMAND_NOT_ALLOWED = "COMMAND_NOT_ALLOWED"      # a command the allowlist refuses
+BUILD_STEP_FAILED = "BUILD_STEP_FAILED"          # a RUN step exited non-zero
+BASE_IMAGE_NOT_FOUND = "BASE_IMAGE_NOT_FOUND"    # FROM image does not exist
+GIT_UNAVAILABLE = "GIT_UNAVAILABLE"              # git host unreachable (transient)
+BUILDKIT_UNAVAILABLE = "BUILDKIT_UNAVAILABLE"    # buildkitd unreachable (transient)
+REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"    # push/pull failed for network reasons (transient)
+WORKER_LOST = "WORKER_LOST"                      # the worker died; retries used up

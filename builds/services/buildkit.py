@@ -1,0 +1,134 @@
+"""Building and pushing with buildctl, and reading what happened from its output.
+
+Non-secret `env` entries become build args; secrets reach `RUN --mount=type=secret` through
+`--secret id=KEY,env=VAR` with the value only in buildctl's environment, never in argv.
+Resource limits are BuildKit's per-build cgroup options, hard limits on every RUN step.
+"""
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+from builds import errors
+from builds.errors import TransientError, UserError
+
+_STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
+_STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+_CPU_PERIOD = 100_000
+
+
+@dataclass
+class BuildRequest:
+    context_dir: Path
+    dockerfile_dir: Path
+    dockerfile_name: str
+    image: str
+    cache_ref: str | None
+    metadata_file: Path
+    build_args: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # id -> value
+    memory_mb: int | None = None
+    cpu: float | None = None
+
+
+def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
+    """The buildctl argv and the extra environment that carries secret values."""
+    insecure = ",registry.insecure=true" if settings.REGISTRY_INSECURE else ""
+    argv = [
+        settings.BUILDCTL_BIN, "--addr", settings.BUILDKIT_ADDR, "build",
+        "--frontend", "dockerfile.v0",
+        "--local", f"context={req.context_dir}",
+        "--local", f"dockerfile={req.dockerfile_dir}",
+        "--opt", f"filename={req.dockerfile_name}",
+        "--progress", "plain",
+        "--output", f"type=image,name={req.image},push=true{insecure}",
+        "--metadata-file", str(req.metadata_file),
+    ]
+    for key, value in sorted(req.build_args.items()):
+        argv += ["--opt", f"build-arg:{key}={value}"]
+    env = {}
+    for index, (key, value) in enumerate(sorted(req.secrets.items())):
+        var = f"HUBFLY_SECRET_{index}"
+        env[var] = value
+        argv += ["--secret", f"id={key},env={var}"]
+    if req.memory_mb:
+        limit = req.memory_mb * 1024 * 1024
+        argv += ["--opt", f"memory={limit}", "--opt", f"memswap={limit}"]
+    if req.cpu:
+        argv += ["--opt", f"cpuperiod={_CPU_PERIOD}", "--opt", f"cpuquota={max(1000, int(req.cpu * _CPU_PERIOD))}"]
+    if req.cache_ref:
+        argv += [
+            "--import-cache", f"type=registry,ref={req.cache_ref}{insecure}",
+            "--export-cache", f"type=registry,ref={req.cache_ref},mode=max,ignore-error=true{insecure}",
+        ]
+    return argv, env
+
+
+def buildctl_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+    for name in ("DOCKER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", "BUILDKIT_HOST"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(extra)
+    return env
+
+
+def read_digest(metadata_file: Path) -> str:
+    try:
+        return json.loads(metadata_file.read_text()).get("containerimage.digest", "")
+    except (OSError, ValueError):
+        return ""
+
+
+class ProgressTracker:
+    """Follows buildctl's plain progress output: which step runs, and which one failed."""
+
+    def __init__(self):
+        self.steps: dict[str, str] = {}
+        self.current: str | None = None
+        self.failed_step: str | None = None
+        self.failure: str | None = None
+
+    def feed(self, line: str) -> None:
+        if match := _STEP.match(line):
+            self.steps[match[1]] = match[2]
+            self.current = match[2]
+        elif match := _STEP_ERROR.match(line):
+            self.failed_step = self.steps.get(match[1], self.failed_step)
+            self.failure = match[2]
+
+    def progress(self) -> dict | None:
+        if not self.current:
+            return None
+        position = re.match(r"\[(?:[^\]\s]+ )?(\d+)/(\d+)\]", self.current)
+        if position:
+            return {"step": int(position[1]), "total": int(position[2]), "name": self.current.split("] ", 1)[-1]}
+        return {"step": None, "total": None, "name": self.current}
+
+
+def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
+    output = "\n".join(tail)
+    reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tracker.failure or (tail[-1] if tail else ""))
+    reason = reason.removeprefix("error: ").strip()
+    if re.search(r"did not complete successfully: exit code", output):
+        step = tracker.failed_step or "a build step"
+        code = re.search(r"exit code: (\d+)", output)
+        return UserError(
+            f"{step} failed with exit code {code[1] if code else '?'}", code=errors.BUILD_STEP_FAILED
+        )
+    if re.search(r"failed to (dial|connect)|connection error|no such file or directory.*buildkitd|"
+                 r"buildkitd\.sock|Unavailable desc|context deadline exceeded|transport is closing", output):
+        return TransientError(f"buildkitd is not reachable: {reason}", code=errors.BUILDKIT_UNAVAILABLE)
+    if re.search(r"dockerfile parse error|failed to parse|unknown instruction|failed to read dockerfile|"
+                 r"failed to solve: dockerfile", output, re.I):
+        return UserError(f"the Dockerfile is invalid: {reason}", code=errors.DOCKERFILE_INVALID)
+    if re.search(r"failed to (resolve source metadata|do request|push|copy)|pushing|connection refused|"
+                 r"i/o timeout|no such host|TLS handshake|502 Bad Gateway|503 Service|EOF", output):
+        if re.search(r"not found|404", output) and not re.search(r"connection refused|i/o timeout", output):
+            return UserError(f"an image the build needs was not found: {reason}", code=errors.BASE_IMAGE_NOT_FOUND)
+        return TransientError(f"the registry is not reachable: {reason}", code=errors.REGISTRY_UNAVAILABLE)
+    return UserError(f"the build failed: {reason or 'buildctl exited with an error'}", code="BUILD_FAILED")

@@ -1,0 +1,162 @@
+"""Job logs: append-only chunks in the database, masked before they are stored.
+
+Lines look like ``[2026-11-27T03:28:50.123Z] text``. Writers append whole chunks at the current
+end of the log; when a log outgrows LOG_MAX_BYTES its first half is kept, the newest bytes are
+kept, and the chunks between are deleted. Readers show such a gap as one marker line.
+"""
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from builds.models import LogChunk
+
+MASK = "***"
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+_MIN_SECRET_LENGTH = 3
+
+
+def mask_url_credentials(text: str) -> str:
+    return _URL_CREDENTIALS.sub(lambda m: m.group(1) + MASK + "@", text)
+
+
+class Masker:
+    """Replaces secret values and URL credentials in text before anybody can see it."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        values = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is not None:
+            text = self._pattern.sub(MASK, text)
+        return mask_url_credentials(text)
+
+
+def timestamp() -> str:
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def format_lines(text: str) -> str:
+    stamp = timestamp()
+    return "".join(f"[{stamp}] {line}\n" for line in text.splitlines() or [""])
+
+
+def _end_of_log(job_id: str) -> int:
+    last = LogChunk.objects.filter(job_id=job_id).order_by("-offset").values_list("offset", "data").first()
+    return last[0] + len(last[1]) if last else 0
+
+
+def append_chunk(job_id: str, data: bytes) -> int:
+    """Append bytes at the end of the job's log; returns the new end offset."""
+    if not data:
+        return _end_of_log(job_id)
+    for _ in range(20):
+        try:
+            with transaction.atomic():
+                end = _end_of_log(job_id)
+                LogChunk.objects.create(job_id=job_id, offset=end, data=data)
+                new_end = end + len(data)
+                if new_end > settings.LOG_MAX_BYTES:
+                    _trim_middle(job_id, new_end)
+                return new_end
+        except IntegrityError:  # another writer appended at the same offset first; go again
+            time.sleep(0.01)
+    raise RuntimeError(f"could not append to the log of job {job_id}")
+
+
+def _trim_middle(job_id: str, end: int) -> None:
+    """Keep the first half of the allowed size and the newest bytes; drop whole chunks between."""
+    head = settings.LOG_MAX_BYTES // 2
+    tail_start = end - (settings.LOG_MAX_BYTES - head)
+    doomed = [
+        pk
+        for pk, offset, data in LogChunk.objects.filter(
+            job_id=job_id, offset__gte=head, offset__lt=tail_start
+        ).values_list("pk", "offset", "data")
+        if offset + len(data) <= tail_start
+    ]
+    if doomed:
+        LogChunk.objects.filter(pk__in=doomed).delete()
+
+
+def append_text(job_id: str, text: str, masker: Masker | None = None) -> int:
+    """Append timestamped lines (used by the API, the reaper and the pipeline's own steps)."""
+    masker = masker or Masker()
+    return append_chunk(job_id, format_lines(masker(text)).encode("utf-8", "replace"))
+
+
+class LogWriter:
+    """Buffers a running build's output and appends it every FLUSH_SECONDS or FLUSH_BYTES,
+    so readers see progress while the build runs without one write per line."""
+
+    FLUSH_SECONDS = 0.25
+    FLUSH_BYTES = 64 * 1024
+
+    def __init__(self, job_id: str, masker: Masker):
+        self.job_id = job_id
+        self.masker = masker
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._last_flush = time.monotonic()
+
+    def line(self, text: str) -> None:
+        self._buffer.append(f"[{timestamp()}] {self.masker(text)}\n".encode("utf-8", "replace"))
+        self._size += len(self._buffer[-1])
+        if self._size >= self.FLUSH_BYTES:
+            self.flush()
+
+    def lines(self, text: str) -> None:
+        for part in text.splitlines() or [""]:
+            self.line(part)
+
+    def tick(self) -> None:
+        if self._buffer and time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            append_chunk(self.job_id, b"".join(self._buffer))
+            self._buffer.clear()
+            self._size = 0
+        self._last_flush = time.monotonic()
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def log_exists(job_id: str) -> bool:
+    return LogChunk.objects.filter(job_id=job_id).exists()
+
+
+def log_end(job_id: str) -> int:
+    return _end_of_log(job_id)
+
+
+def read_from(job_id: str, offset: int, end: int) -> Iterator[bytes]:
+    """Yield the log bytes in [offset, end), one chunk at a time, with a marker for gaps."""
+    position = offset
+    chunks = (
+        LogChunk.objects.filter(job_id=job_id, offset__lt=end)
+        .order_by("offset")
+        .values_list("offset", "data")
+    )
+    for chunk_offset, data in chunks.iterator(chunk_size=64):
+        data = bytes(data)
+        chunk_end = chunk_offset + len(data)
+        if chunk_end <= position:
+            continue
+        if chunk_offset > position:
+            omitted = chunk_offset - position
+            yield f"[... {omitted} bytes of log omitted: the log exceeded its size limit ...]\n".encode()
+            position = chunk_offset
+        yield data[position - chunk_offset : min(len(data), end - chunk_offset)]
+        position = min(chunk_end, end)
+        if position >= end:
+            break

@@ -1,0 +1,195 @@
+"""One attempt at building a job, as named steps: claim, fetch, prepare, build and push, finish.
+
+Errors are caught here and nowhere else in the worker: user errors fail the job, transient
+ones hand it back to the queue (until MAX_RETRIES), cancel and timeout end it, and a lost lease
+means another worker owns the job now, so this one leaves the row alone. The workspace is
+removed whatever happened.
+"""
+
+import logging
+import os
+import shutil
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from builds import errors
+from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
+from builds.models import Job, Status
+from builds.services import buildkit, callbacks, dockerfiles, git, lifecycle, logs, naming, process
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{settings.WORKER_NAME}:{os.getpid()}"
+
+
+@dataclass
+class Outcome:
+    retry_in: float | None = None  # seconds until the next attempt, when the job was handed back
+
+
+class BuildDirector:
+    def __init__(self, job: Job, lease: uuid.UUID):
+        self.job = job
+        self.lease = lease
+        config = job.build_config or {}
+        env = config.get("env") or {}
+        secret_keys = set(config.get("secrets") or [])
+        self.secrets = {k: v for k, v in env.items() if k in secret_keys}
+        self.build_args = {k: v for k, v in env.items() if k not in secret_keys}
+        self.log = logs.LogWriter(job.id, logs.Masker(self.secrets.values()))
+        timeout = config.get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
+        self.guard = process.Guard(
+            deadline=time.monotonic() + timeout,
+            heartbeat=self._heartbeat,
+            is_canceled=lambda: lifecycle.cancel_requested(job.id),
+            interval=settings.HEARTBEAT_SECONDS,
+        )
+        self.workspace = settings.WORKSPACE_DIR / naming.workspace_name(job.id, lease.hex)
+        self.tracker = buildkit.ProgressTracker()
+        self._last_progress = None
+
+    def _heartbeat(self) -> bool:
+        progress = self.tracker.progress()
+        changed = progress != self._last_progress
+        self._last_progress = progress
+        return lifecycle.job_heartbeat(job_id=self.job.id, lease=self.lease, progress=progress if changed else None)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def fetch_source(self) -> str:
+        info = self.job.source_info
+        source = git.Source(url=info["gitRepository"], ref=info.get("ref") or "", commit_sha=info.get("commitSha") or "")
+        from builds.services import gitsource
+
+        try:
+            gitsource.check_host_allowed(gitsource.parse_repository(source.url))
+        except gitsource.SourceError as exc:
+            raise errors.UserError(str(exc), code="SOURCE_REFUSED") from None
+        wanted = source.commit_sha or source.ref or "the default branch"
+        self.log.line(f"fetching {logs.mask_url_credentials(source.url)} at {wanted}")
+        home = self.workspace / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        fetcher = git.Fetcher(checkout=self.workspace / "src", guard=self.guard, log=self.log, home=home)
+        sha = fetcher.fetch(source)
+        self.log.line(f"checked out commit {sha}")
+        return sha
+
+    def prepare(self) -> dockerfiles.BuildInputs:
+        inputs = dockerfiles.prepare(
+            checkout=self.workspace / "src",
+            build_config=self.job.build_config or {},
+            working_dir=self.job.source_info.get("workingDir") or "",
+            out_dir=self.workspace / "dockerfile",
+            log=self.log,
+        )
+        self.log.line(inputs.summary)
+        return inputs
+
+    def build_and_push(self, inputs: dockerfiles.BuildInputs, image: str) -> str:
+        limits = (self.job.build_config or {}).get("resourceLimits") or {}
+        request = buildkit.BuildRequest(
+            context_dir=inputs.context_dir,
+            dockerfile_dir=inputs.dockerfile_dir,
+            dockerfile_name=inputs.dockerfile_name,
+            image=image,
+            cache_ref=naming.cache_ref(self.job.user_id, self.job.project_id),
+            metadata_file=self.workspace / "metadata.json",
+            build_args=self.build_args,
+            secrets=self.secrets,
+            memory_mb=limits.get("memoryMB"),
+            cpu=limits.get("cpu"),
+        )
+        argv, secret_env = buildkit.command(request)
+        self.log.line(f"building {image}")
+
+        def on_line(text: str) -> None:
+            self.tracker.feed(text)
+            self.log.line(text)
+
+        result = process.run(
+            argv, guard=self.guard, env=buildkit.buildctl_env(secret_env), line=on_line, tick=self.log.tick,
+            grace_seconds=settings.CANCEL_GRACE_SECONDS,
+        )
+        if result.returncode != 0:
+            raise buildkit.classify_failure(self.tracker, result.tail)
+        digest = buildkit.read_digest(request.metadata_file)
+        self.log.line(f"pushed {image}@{digest}")
+        return digest
+
+    # --- the attempt -------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        job = self.job
+        attempt = job.attempts
+        self.log.line(f"attempt {attempt} on worker {worker_id()}" + (f" (retry {job.retry_count})" if job.retry_count else ""))
+        try:
+            lifecycle.job_set_started(job_id=job.id, lease=self.lease)
+            sha = self.fetch_source()
+            inputs = self.prepare()
+            image = naming.image_name(job.user_id, job.project_id, job.id)
+            if not lifecycle.job_start_building(job_id=job.id, lease=self.lease, commit_sha=sha, image_tag=image):
+                if lifecycle.cancel_requested(job.id):
+                    raise BuildCanceled("canceled")
+                raise LeaseLost("the job's lease was lost before the build started")
+            digest = self.build_and_push(inputs, image)
+            self.log.line("build succeeded")
+            self.log.flush()
+            lifecycle.job_finish(job_id=job.id, lease=self.lease, status=Status.SUCCESS, image_digest=digest)
+            return Outcome()
+        except LeaseLost as exc:
+            self.log.line(f"stopping: {exc}; another worker or the reaper owns this job now")
+            return Outcome()
+        except BuildCanceled:
+            self.log.line("build canceled")
+            self._finish(Status.CANCELED, "CANCELED", "canceled by request")
+            return Outcome()
+        except BuildTimedOut:
+            timeout = (job.build_config or {}).get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
+            self.log.line(f"build stopped: the job exceeded its timeout of {timeout} seconds")
+            self._finish(Status.FAILED, "TIMEOUT", f"the job exceeded its timeout of {timeout} seconds")
+            return Outcome()
+        except BuildError as exc:
+            self.log.line(f"error [{exc.code}]: {exc.message}")
+            if exc.retryable and job.retry_count < settings.MAX_RETRIES:
+                delay = lifecycle.retry_delay(job.retry_count)
+                self.log.line(f"infrastructure failure; retrying in {delay:.0f} s ({job.retry_count + 1}/{settings.MAX_RETRIES})")
+                self.log.flush()
+                if lifecycle.job_retry_later(
+                    job_id=job.id, lease=self.lease, error_code=exc.code, error=exc.message, delay_seconds=delay
+                ):
+                    return Outcome(retry_in=delay)
+                return Outcome()
+            self._finish(Status.FAILED, exc.code, exc.message)
+            return Outcome()
+        except Exception as exc:  # a bug of ours: fail the job visibly rather than loop on it
+            log.exception("job %s: unexpected error", job.id)
+            self.log.lines("internal error:\n" + traceback.format_exc(limit=8))
+            self._finish(Status.FAILED, "INTERNAL_ERROR", f"internal error: {type(exc).__name__}")
+            return Outcome()
+        finally:
+            try:
+                self.log.flush()
+            finally:
+                shutil.rmtree(self.workspace, ignore_errors=True)
+
+    def _finish(self, status: str, code: str, message: str) -> None:
+        self.log.flush()
+        lifecycle.job_finish(job_id=self.job.id, lease=self.lease, status=status, error_code=code, error=message)
+
+
+def run_job(job_id: str) -> Outcome:
+    """Claim the job and make one attempt; a job that is not pending is left alone."""
+    lease = lifecycle.job_claim(job_id=job_id, worker=worker_id())
+    if lease is None:
+        return Outcome()
+    job = Job.objects.get(pk=job_id)
+    outcome = BuildDirector(job, lease).run()
+    callbacks.deliver_for_job(job_id)
+    return outcome

@@ -1,0 +1,29 @@
+"""Celery tasks: thin wrappers that take ids and call one service each."""
+
+from celery import shared_task
+
+from builds.services import callbacks, housekeeping, pipeline, reaper
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def run_job(self, job_id: str) -> None:
+    outcome = pipeline.run_job(job_id)
+    if outcome.retry_in is not None:
+        # The job row is already back to pending with its retry counted; this message is its
+        # next attempt. Should it be lost, the reaper re-sends it.
+        raise self.retry(countdown=outcome.retry_in)
+
+
+@shared_task(ignore_result=True)
+def deliver_callbacks() -> int:
+    return callbacks.deliver_due()
+
+
+@shared_task(ignore_result=True)
+def reap_jobs() -> dict:
+    return reaper.reap()
+
+
+@shared_task(ignore_result=True)
+def prune() -> dict:
+    return housekeeping.prune()

@@ -1,0 +1,5 @@
+"""Django project wiring for hubfly-builder; the Celery app is loaded with Django."""
+
+from .celery import app as celery_app
+
+__all__ = ("celery_app",)

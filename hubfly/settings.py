@@ -1,0 +1,209 @@
+"""Settings for hubfly-builder, read from environment variables only.
+
+Defaults run everything on one machine (SQLite database, SQLite broker, local directories).
+Scaling out is a change of DATABASE_URL and CELERY_BROKER_URL, nothing else.
+"""
+
+import secrets
+import socket
+from pathlib import Path
+
+import dj_database_url
+
+from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("DATA_DIR", "./data")).resolve()
+LOG_DIR = Path(env_str("LOG_DIR", "./log")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+LOG_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _persistent_secret(name: str, nbytes: int = 32) -> str:
+    """A random value created once and kept in DATA_DIR, so restarts keep it."""
+    path = DATA_DIR / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_urlsafe(nbytes)
+        try:
+            with open(path, "x", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as fh:
+                fh.write(value + "\n")
+        except FileExistsError:  # another process won the race; use its value
+            return path.read_text().strip()
+        return value
+
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or _persistent_secret("django-secret-key")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or ["*"]
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "builds",
+]
+
+MIDDLEWARE = [
+    "builds.api.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hubfly.urls"
+WSGI_APPLICATION = "hubfly.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite in DATA_DIR unless DATABASE_URL says otherwise. On SQLite, IMMEDIATE
+# transactions + WAL + a generous busy timeout keep several writers (web, workers, beat)
+# from failing with "database is locked" (see platform notes A2).
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / "hubfly.sqlite3"),
+        }
+    }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
+
+# Request bodies above 1 MiB are refused with 413 (builds.api.middleware).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+MAX_REQUEST_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["builds.api.auth.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "builds.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- The build service ---------------------------------------------------------------------
+
+PORT = env_int("PORT", 8080, minimum=1, maximum=65535)
+REGISTRY_URL = env_str("REGISTRY_URL", "localhost:5000").rstrip("/")
+if "://" in REGISTRY_URL:
+    raise ConfigError(f"REGISTRY_URL is a host[:port], without a scheme; got {REGISTRY_URL!r}")
+REGISTRY_INSECURE = env_bool("REGISTRY_INSECURE", False)
+BUILDKIT_ADDR = env_str("BUILDKIT_ADDR", "unix:///run/buildkit/buildkitd.sock")
+BUILDCTL_BIN = env_str("BUILDCTL_BIN", "buildctl")
+GIT_BIN = env_str("GIT_BIN", "git")
+CALLBACK_URL = env_str("CALLBACK_URL")
+CALLBACK_SECRET = env_str("CALLBACK_SECRET")
+CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+CALLBACK_MAX_AGE_HOURS = env_int("CALLBACK_MAX_AGE_HOURS", 24, minimum=1)
+MAX_CONCURRENT_BUILDS = env_int("MAX_CONCURRENT_BUILDS", 3, minimum=1, maximum=64)
+MAX_RETRIES = env_int("MAX_RETRIES", 3, minimum=0, maximum=20)
+RETRY_BACKOFF_SECONDS = env_float("RETRY_BACKOFF_SECONDS", 10.0, minimum=0.0)
+RETRY_BACKOFF_MAX_SECONDS = env_float("RETRY_BACKOFF_MAX_SECONDS", 600.0, minimum=0.0)
+DEFAULT_TIMEOUT_SECONDS = env_int("DEFAULT_TIMEOUT_SECONDS", 900, minimum=1)
+MAX_TIMEOUT_SECONDS = env_int("MAX_TIMEOUT_SECONDS", 4 * 3600, minimum=1)
+LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 7, minimum=1)
+LOG_MAX_BYTES = env_int("LOG_MAX_BYTES", 20 * 1024 * 1024, minimum=64 * 1024)
+GIT_ALLOWED_HOSTS = [h.lower() for h in env_list("GIT_ALLOWED_HOSTS")]
+GIT_TIMEOUT_SECONDS = env_int("GIT_TIMEOUT_SECONDS", 300, minimum=1)
+ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE", str(BASE_DIR / "configs/allowed-commands.json")))
+RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE", str(BASE_DIR / "configs/runtimes.json")))
+WORKSPACE_DIR = Path(env_str("WORKSPACE_DIR", str(DATA_DIR / "workspaces"))).resolve()
+# A running build renews its lease every HEARTBEAT_SECONDS; the reaper takes a job back once
+# its lease is LEASE_SECONDS old.
+HEARTBEAT_SECONDS = env_float("HEARTBEAT_SECONDS", 3.0, minimum=0.2)
+LEASE_SECONDS = env_float("LEASE_SECONDS", 30.0, minimum=1.0)
+REAPER_INTERVAL_SECONDS = env_float("REAPER_INTERVAL_SECONDS", 15.0, minimum=1.0)
+# A pending job whose queue message has not been taken this long is published again.
+REQUEUE_AFTER_SECONDS = env_float("REQUEUE_AFTER_SECONDS", 120.0, minimum=1.0)
+CANCEL_GRACE_SECONDS = env_float("CANCEL_GRACE_SECONDS", 5.0, minimum=0.1)
+WORKER_NAME = env_str("WORKER_NAME", socket.gethostname())
+
+API_TOKENS = env_list("BUILDER_API_TOKENS") or [_persistent_secret("api-token")]
+API_TOKEN_GENERATED = not env_list("BUILDER_API_TOKENS")
+
+# --- Celery ----------------------------------------------------------------------------------
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}")
+BROKER_IS_SQLA = CELERY_BROKER_URL.startswith(("sqla+", "sqlalchemy+"))
+BROKER_POLL_SECONDS = env_float("BROKER_POLL_SECONDS", 0.1, minimum=0.01)
+# Longest a message may stay unacknowledged before Redis redelivers it: above any build.
+_LONGEST_TASK_SECONDS = MAX_TIMEOUT_SECONDS + 3600
+if BROKER_IS_SQLA:
+    # A 60 s busy timeout: a briefly locked broker file must not look like a lost connection,
+    # which would restore (and duplicate) running builds (platform notes A1, pitfall 6).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 60}}
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _LONGEST_TASK_SECONDS}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = not BROKER_IS_SQLA
+CELERY_WORKER_CONCURRENCY = MAX_CONCURRENT_BUILDS
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "builds"
+CELERY_TASK_ROUTES = {"builds.tasks.deliver_callbacks": {"queue": "builds"}}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "reap-jobs": {"task": "builds.tasks.reap_jobs", "schedule": REAPER_INTERVAL_SECONDS},
+    "deliver-callbacks": {"task": "builds.tasks.deliver_callbacks", "schedule": 10.0},
+    "prune": {"task": "builds.tasks.prune", "schedule": 3600.0},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

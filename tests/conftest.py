@@ -1,0 +1,122 @@
+"""Test fixtures that start the real things: a registry, buildkitd, a git server over HTTP,
+a callback receiver and Celery workers on the SQLite broker.
+
+Configuration is environment variables, set here at import time because Django settings and
+the Celery app read them once (platform notes A6: the broker URL cannot change afterwards).
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.testenv import (  # noqa: F401  (the environment is set when pytest starts)
+    API_TOKEN, ARTIFACTS, BUILDKIT_ADDR, CACHE_DIR, CALLBACK_SECRET, RECEIVER, REGISTRY_ADDR, REPO_ROOT, TEST_ROOT,
+)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker):
+    """The real database file in DATA_DIR, shared with worker processes (not a private copy)."""
+    from django.core.management import call_command
+
+    with django_db_blocker.unblock():
+        call_command("migrate", verbosity=0)
+
+
+@pytest.fixture(scope="session")
+def receiver():
+    return RECEIVER
+
+
+@pytest.fixture(scope="session")
+def infra():
+    """A registry and a buildkitd (whose docker.io mirror is that registry) with base images.
+    Registry storage and BuildKit's cache persist in CACHE_DIR so reruns are quick."""
+    from hubfly import localservices
+    from tests.support.baseimages import ensure_base_images
+
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    log_dir = TEST_ROOT / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    registry = localservices.start_registry(CACHE_DIR, REGISTRY_ADDR, log_dir / "registry.log")
+    buildkitd = localservices.start_buildkitd(CACHE_DIR, BUILDKIT_ADDR, REGISTRY_ADDR, log_dir / "buildkitd.log")
+    try:
+        images = ensure_base_images(REGISTRY_ADDR, CACHE_DIR, BUILDKIT_ADDR, images=("debian", "dockerfile-frontend"))
+        yield {"registry": REGISTRY_ADDR, "buildkit": BUILDKIT_ADDR, "images": images,
+               "registry_proc": registry, "buildkitd_proc": buildkitd}
+    finally:
+        localservices.stop(buildkitd)
+        localservices.stop(registry)
+
+
+class Worker:
+    """A real `celery worker` process on the test's broker and database."""
+
+    def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None):
+        self.log_path = TEST_ROOT / "log" / f"worker-{name}-{time.time_ns()}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--concurrency", str(concurrency),
+             "--pool", "prefork", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-heartbeat"],
+            cwd=REPO_ROOT, env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: b"ready." in self.log_path.read_bytes() or self.proc.poll() is not None, 60, "worker start")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self, sig=15, timeout: float = 60) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(infra, django_db_setup):
+    w = Worker("main", concurrency=2)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def git_server():
+    from tests.support.gitserver import GitServer
+
+    server = GitServer(TEST_ROOT / "git")
+    yield server
+    server.close()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def api():
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {API_TOKEN}")
+    return client

@@ -1,0 +1,49 @@
+"""Test configuration as environment variables, loaded as a pytest plugin (`-p tests.testenv`
+in pytest.ini) so it is in place before pytest-django imports the settings."""
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from tests.support.receiver import CallbackReceiver
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_ROOT = Path(tempfile.mkdtemp(prefix="hubfly-test-"))
+CACHE_DIR = Path(os.environ.get("HUBFLY_TEST_CACHE", REPO_ROOT / "data" / "testcache")).resolve()
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+API_TOKEN = "test-token"
+CALLBACK_SECRET = "test-callback-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+RECEIVER = CallbackReceiver()
+REGISTRY_ADDR = f"127.0.0.1:{_free_port()}"
+BUILDKIT_ADDR = f"unix://{TEST_ROOT}/buildkitd/buildkitd.sock"
+
+os.environ.update(
+    {
+        "DATA_DIR": str(TEST_ROOT / "data"),
+        "LOG_DIR": str(TEST_ROOT / "log"),
+        "BUILDER_API_TOKENS": API_TOKEN,
+        "GIT_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "REGISTRY_URL": REGISTRY_ADDR,
+        "REGISTRY_INSECURE": "true",
+        "BUILDKIT_ADDR": BUILDKIT_ADDR,
+        "CALLBACK_URL": RECEIVER.url,
+        "CALLBACK_SECRET": CALLBACK_SECRET,
+        "MAX_CONCURRENT_BUILDS": "2",
+        "HEARTBEAT_SECONDS": "1",
+        "LEASE_SECONDS": "8",
+        "RETRY_BACKOFF_SECONDS": "1",
+        "CANCEL_GRACE_SECONDS": "3",
+        "BROKER_POLL_SECONDS": "0.1",
+    }
+)
+for name in ("DATABASE_URL", "CELERY_BROKER_URL"):
+    os.environ.pop(name, None)
