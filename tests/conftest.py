@@ -57,9 +57,14 @@ class Worker:
     """A real `celery worker` process on the test's broker and database."""
 
     def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None):
+        self.name, self.concurrency, self.extra_env = name, concurrency, extra_env or {}
+        self.start()
+
+    def start(self) -> None:
+        name, concurrency = self.name, self.concurrency
         self.log_path = TEST_ROOT / "log" / f"worker-{name}-{time.time_ns()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **(extra_env or {})}
+        env = {**os.environ, **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--concurrency", str(concurrency),
              "--pool", "prefork", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-heartbeat"],

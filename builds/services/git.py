@@ -75,14 +75,23 @@ class Fetcher:
         if source.commit_sha:
             self._fetch_commit(source)
         else:
-            self.git("fetch", "--depth=1", "--no-tags", "--", source.url, source.ref or "HEAD")
+            self._shallow_fetch(source.url, source.ref or "HEAD", check=True)
             self.git("checkout", "-q", "--detach", "FETCH_HEAD")
         return self._head()
+
+    def _shallow_fetch(self, url: str, what: str, *, check: bool) -> process.Result:
+        result = self.git("fetch", "--depth=1", "--no-tags", "--", url, what, check=False)
+        if result.returncode != 0 and any("shallow" in line for line in result.tail):
+            self.log.line("the server cannot send shallow history; fetching it whole")
+            result = self.git("fetch", "--no-tags", "--", url, what, check=False)
+        if check and result.returncode != 0:
+            raise classify("\n".join(result.tail))
+        return result
 
     def _fetch_commit(self, source: Source) -> None:
         sha = source.commit_sha
         if _FULL_SHA.match(sha):
-            result = self.git("fetch", "--depth=1", "--no-tags", "--", source.url, sha, check=False)
+            result = self._shallow_fetch(source.url, sha, check=False)
             if result.returncode == 0:
                 self.git("checkout", "-q", "--detach", "FETCH_HEAD")
                 return

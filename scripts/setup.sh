@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the service (and, with --dev, its tests) needs on a Debian machine:
+# git, runc, a registry and debootstrap from Debian; buildkitd/buildctl built from the Go
+# module proxy; Python dependencies in ./.venv. Safe to run again: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+missing=()
+for pair in git:git runc:runc docker-registry:docker-registry debootstrap:debootstrap curl:curl; do
+  binary=${pair%%:*} package=${pair##*:}
+  command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v buildctl >/dev/null 2>&1 || ! command -v buildkitd >/dev/null 2>&1; then
+  bash scripts/install-buildkit.sh
+fi
+
+requirements=requirements.txt
+[ $dev = 1 ] && requirements=requirements-dev.txt
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=".venv/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  echo "setup: installing Python packages from $requirements"
+  .venv/bin/pip install -q --disable-pip-version-check -r "$requirements"
+  touch "$stamp"
+fi
