@@ -1,0 +1,16 @@
+# The hubfly-builder service image: one image for web, worker and beat (docker-compose.yml).
+FROM moby/buildkit:v0.32.2 AS buildkit
+
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends git ca-certificates openssh-client \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=buildkit /usr/bin/buildctl /usr/local/bin/buildctl
+WORKDIR /app
+COPY requirements.txt .
+RUN --mount=type=cache,target=/root/.cache/pip pip install -r requirements.txt
+COPY . .
+RUN useradd --system --uid 10001 --home /data hubfly && mkdir -p /data /log && chown hubfly /data /log
+USER hubfly
+ENV DATA_DIR=/data LOG_DIR=/log PYTHONUNBUFFERED=1
+EXPOSE 8080
+CMD ["gunicorn", "hubfly.wsgi:application", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--bind", "0.0.0.0:8080"]

@@ -1,0 +1,46 @@
+"""docker-compose.yml is for users (no Docker engine runs here): check it parses and that what
+it runs exists in this repository."""
+
+from pathlib import Path
+
+import yaml
+from django.core.management import get_commands
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_production_services():
+    services = compose()["services"]
+    assert {"web", "worker", "beat", "buildkitd", "registry", "migrate"} <= set(services)
+    assert services["postgres"]["profiles"] == ["scale"] and services["rabbitmq"]["profiles"] == ["scale"]
+    assert services["web"]["command"][0] == "gunicorn"
+    assert services["worker"]["command"][:4] == ["celery", "-A", "hubfly", "worker"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "hubfly", "beat"]
+    for name in ("web", "buildkitd", "registry", "postgres", "rabbitmq"):
+        assert "healthcheck" in services[name], name
+
+
+def test_worker_is_given_longer_than_a_build_to_stop():
+    grace = compose()["services"]["worker"]["stop_grace_period"]
+    assert grace.endswith("m") and int(grace[:-1]) >= 15
+
+
+def test_what_compose_runs_exists():
+    services = compose()["services"]
+    migrate = " ".join(services["migrate"]["command"])
+    for command in ("migrate", "init_broker"):
+        assert command in migrate and command in get_commands()
+    wsgi = services["web"]["command"][1]
+    module, _, attribute = wsgi.partition(":")
+    assert module == "hubfly.wsgi" and attribute == "application"
+    assert (ROOT / "hubfly" / "wsgi.py").is_file()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+    assert (ROOT / "Dockerfile").is_file()
