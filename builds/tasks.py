@@ -15,6 +15,11 @@ def run_job(self, job_id: str) -> None:
 
 
 @shared_task(ignore_result=True)
+def deliver_callback(event_id: str) -> bool:
+    return callbacks.deliver(event_id)
+
+
+@shared_task(ignore_result=True)
 def deliver_callbacks() -> int:
     return callbacks.deliver_due()
 

@@ -142,6 +142,11 @@ CALLBACK_URL = env_str("CALLBACK_URL")
 CALLBACK_SECRET = env_str("CALLBACK_SECRET")
 CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 CALLBACK_MAX_AGE_HOURS = env_int("CALLBACK_MAX_AGE_HOURS", 24, minimum=1)
+# Failed deliveries are retried after CALLBACK_BACKOFF_SECONDS, doubling up to the maximum;
+# beat looks for due deliveries every CALLBACK_FLUSH_SECONDS.
+CALLBACK_BACKOFF_SECONDS = env_float("CALLBACK_BACKOFF_SECONDS", 5.0, minimum=0.1)
+CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 1800.0, minimum=0.1)
+CALLBACK_FLUSH_SECONDS = env_float("CALLBACK_FLUSH_SECONDS", 10.0, minimum=0.1)
 MAX_CONCURRENT_BUILDS = env_int("MAX_CONCURRENT_BUILDS", 3, minimum=1, maximum=64)
 MAX_RETRIES = env_int("MAX_RETRIES", 3, minimum=0, maximum=20)
 RETRY_BACKOFF_SECONDS = env_float("RETRY_BACKOFF_SECONDS", 10.0, minimum=0.0)
@@ -191,11 +196,18 @@ CELERY_WORKER_CONCURRENCY = MAX_CONCURRENT_BUILDS
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "builds"
-CELERY_TASK_ROUTES = {"builds.tasks.deliver_callbacks": {"queue": "builds"}}
+# Periodic work (reaper, webhook outbox, clean-up) has its own queue and one-slot worker: it
+# never takes a build slot, and is never stuck behind long builds.
+CELERY_TASK_ROUTES = {
+    "builds.tasks.deliver_callback": {"queue": "maintenance"},
+    "builds.tasks.deliver_callbacks": {"queue": "maintenance"},
+    "builds.tasks.reap_jobs": {"queue": "maintenance"},
+    "builds.tasks.prune": {"queue": "maintenance"},
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "reap-jobs": {"task": "builds.tasks.reap_jobs", "schedule": REAPER_INTERVAL_SECONDS},
-    "deliver-callbacks": {"task": "builds.tasks.deliver_callbacks", "schedule": 10.0},
+    "deliver-callbacks": {"task": "builds.tasks.deliver_callbacks", "schedule": CALLBACK_FLUSH_SECONDS},
     "prune": {"task": "builds.tasks.prune", "schedule": 3600.0},
 }
 

@@ -56,8 +56,8 @@ def infra():
 class Worker:
     """A real `celery worker` process on the test's broker and database."""
 
-    def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None):
-        self.name, self.concurrency, self.extra_env = name, concurrency, extra_env or {}
+    def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None, queue: str = "builds"):
+        self.name, self.concurrency, self.extra_env, self.queue = name, concurrency, extra_env or {}, queue
         self.start()
 
     def start(self) -> None:
@@ -66,7 +66,8 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.extra_env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--concurrency", str(concurrency),
+            [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--queues", self.queue,
+             "--concurrency", str(concurrency),
              "--pool", "prefork", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-heartbeat"],
             cwd=REPO_ROOT, env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -92,8 +93,36 @@ class Worker:
                 self.proc.wait()
 
 
+class Beat:
+    def __init__(self):
+        self.log_path = TEST_ROOT / "log" / "beat.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "hubfly", "beat", "--loglevel", "INFO",
+             "--schedule", str(TEST_ROOT / "celerybeat-schedule")],
+            cwd=REPO_ROOT, env=dict(os.environ), stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
-def worker(infra, django_db_setup):
+def maintenance(django_db_setup):
+    """The maintenance worker (reaper, webhook outbox, clean-up) and beat, as in production."""
+    from django.core.management import call_command
+
+    call_command("init_broker", verbosity=0)
+    w = Worker("maintenance", concurrency=1, queue="maintenance")
+    beat = Beat()
+    yield w
+    beat.stop()
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(infra, maintenance):
     w = Worker("main", concurrency=2)
     yield w
     w.stop()

@@ -133,9 +133,9 @@ def test_at_most_max_concurrent_builds_run_at_once(api, worker, git_server):
 
 def test_timeout_fails_the_job_and_leaves_no_build_running(api, worker, git_server):
     repo = git_server.repo("slow")
-    repo.commit({"Dockerfile": BASE + "RUN sleep 61\n"})
+    repo.commit({"Dockerfile": BASE + "ARG NONCE\nRUN echo $NONCE; sleep 61\n"})
     started = time.monotonic()
-    job = wait_final(submit(api, repo.url, timeoutSeconds=5), timeout=60)
+    job = wait_final(submit(api, repo.url, timeoutSeconds=5, env={"NONCE": new_id()}), timeout=60)
     elapsed = time.monotonic() - started
     assert job.status == "failed" and job.error_code == "TIMEOUT"
     assert elapsed < 5 + settings.CANCEL_GRACE_SECONDS + 8
@@ -147,9 +147,9 @@ def test_timeout_fails_the_job_and_leaves_no_build_running(api, worker, git_serv
 def test_memory_limit_reaches_the_run_step(api, worker, git_server):
     repo = git_server.repo("memory")
     # cgroup v2 names the limit memory.max; v1 (as on these machines) memory.limit_in_bytes.
-    repo.commit({"Dockerfile": BASE + "RUN cat /sys/fs/cgroup/memory.max 2>/dev/null"
+    repo.commit({"Dockerfile": BASE + "ARG NONCE\nRUN echo $NONCE; cat /sys/fs/cgroup/memory.max 2>/dev/null"
                  " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes\n"})
-    job_id = submit(api, repo.url, resourceLimits={"memoryMB": 256, "cpu": 0.5})
+    job_id = submit(api, repo.url, resourceLimits={"memoryMB": 256, "cpu": 0.5}, env={"NONCE": new_id()})
     job = wait_final(job_id)
     assert job.status == "success", job.error
     assert str(256 * 1024 * 1024) in log_text(api, job_id)
@@ -157,8 +157,8 @@ def test_memory_limit_reaches_the_run_step(api, worker, git_server):
 
 def test_secret_values_reach_the_build_but_never_the_log(api, worker, git_server):
     repo = git_server.repo("secrets")
-    repo.commit({"Dockerfile": BASE + "RUN --mount=type=secret,id=API_KEY cat /run/secrets/API_KEY && echo\n"})
-    job_id = submit(api, repo.url, env={"API_KEY": "sup3r-s3cret-value"}, secrets=["API_KEY"])
+    repo.commit({"Dockerfile": BASE + "ARG NONCE\nRUN --mount=type=secret,id=API_KEY echo $NONCE && cat /run/secrets/API_KEY && echo\n"})
+    job_id = submit(api, repo.url, env={"API_KEY": "sup3r-s3cret-value", "NONCE": new_id()}, secrets=["API_KEY"])
     job = wait_final(job_id)
     assert job.status == "success", job.error
     text = log_text(api, job_id)

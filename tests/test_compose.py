@@ -15,11 +15,12 @@ def compose() -> dict:
 
 def test_compose_has_the_production_services():
     services = compose()["services"]
-    assert {"web", "worker", "beat", "buildkitd", "registry", "migrate"} <= set(services)
+    assert {"web", "worker", "maintenance", "beat", "buildkitd", "registry", "migrate"} <= set(services)
     assert services["postgres"]["profiles"] == ["scale"] and services["rabbitmq"]["profiles"] == ["scale"]
     assert services["web"]["command"][0] == "gunicorn"
     assert services["worker"]["command"][:4] == ["celery", "-A", "hubfly", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "hubfly", "beat"]
+    assert "maintenance" in services["maintenance"]["command"]
     for name in ("web", "buildkitd", "registry", "postgres", "rabbitmq"):
         assert "healthcheck" in services[name], name
 

@@ -43,6 +43,11 @@ os.environ.update(
         "RETRY_BACKOFF_SECONDS": "1",
         "CANCEL_GRACE_SECONDS": "3",
         "BROKER_POLL_SECONDS": "0.1",
+        "REAPER_INTERVAL_SECONDS": "1",
+        "REQUEUE_AFTER_SECONDS": "20",
+        "CALLBACK_FLUSH_SECONDS": "1",
+        "CALLBACK_BACKOFF_SECONDS": "1",
+        "CALLBACK_BACKOFF_MAX_SECONDS": "20",
     }
 )
 for name in ("DATABASE_URL", "CELERY_BROKER_URL"):

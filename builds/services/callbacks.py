@@ -16,14 +16,12 @@ import urllib.request
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from builds.models import CallbackAttempt, CallbackEvent, Job
 
 log = logging.getLogger(__name__)
-
-BACKOFF_FIRST_SECONDS = 5
-BACKOFF_MAX_SECONDS = 30 * 60
 
 
 def iso(value) -> str | None:
@@ -53,12 +51,25 @@ def enqueue_outcome(job: Job) -> CallbackEvent | None:
     """Called inside the transaction that finalises the job."""
     if not settings.CALLBACK_URL:
         return None
-    return CallbackEvent.objects.create(
+    event = CallbackEvent.objects.create(
         job=job,
         url=settings.CALLBACK_URL,
         body=json.dumps(outcome_payload(job), separators=(",", ":")),
         next_attempt_at=timezone.now(),
     )
+    transaction.on_commit(lambda: _publish(event.pk))
+    return event
+
+
+def _publish(event_id) -> None:
+    """First attempt at once, in the maintenance worker (never in a build slot). If the
+    message is lost, the periodic flush finds the event anyway."""
+    from builds.tasks import deliver_callback
+
+    try:
+        deliver_callback.apply_async((str(event_id),))
+    except Exception:
+        log.exception("could not publish callback %s; the periodic flush will send it", event_id)
 
 
 def signature(secret: str, timestamp: str, event_id: str, body: bytes) -> str:
@@ -109,7 +120,7 @@ def deliver(event_id) -> bool:
         )
         return True
     give_up = now - event.created_at > timedelta(hours=settings.CALLBACK_MAX_AGE_HOURS)
-    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (attempts - 1))
+    delay = min(settings.CALLBACK_BACKOFF_MAX_SECONDS, settings.CALLBACK_BACKOFF_SECONDS * 2 ** (attempts - 1))
     CallbackEvent.objects.filter(pk=event.pk).update(
         state=CallbackEvent.State.GAVE_UP if give_up else CallbackEvent.State.PENDING,
         attempts=attempts,
@@ -119,13 +130,6 @@ def deliver(event_id) -> bool:
     )
     log.warning("callback %s for job %s failed (attempt %d): %s", event.pk, event.job_id, attempts, error or status)
     return False
-
-
-def deliver_for_job(job_id: str) -> None:
-    for event_id in CallbackEvent.objects.filter(job_id=job_id, state=CallbackEvent.State.PENDING).values_list(
-        "pk", flat=True
-    ):
-        deliver(event_id)
 
 
 def deliver_due(limit: int = 100) -> int:

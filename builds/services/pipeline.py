@@ -20,7 +20,7 @@ from django.conf import settings
 from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
-from builds.services import buildkit, callbacks, dockerfiles, git, lifecycle, logs, naming, process
+from builds.services import buildkit, dockerfiles, git, lifecycle, logs, naming, process
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,4 @@ def run_job(job_id: str) -> Outcome:
     if lease is None:
         return Outcome()
     job = Job.objects.get(pk=job_id)
-    outcome = BuildDirector(job, lease).run()
-    callbacks.deliver_for_job(job_id)
-    return outcome
+    return BuildDirector(job, lease).run()
