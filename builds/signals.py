@@ -2,22 +2,38 @@
 
 import ctypes
 import logging
-import signal
+import os
+import threading
+import time
 
 from celery.signals import worker_process_init, worker_ready
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    from builds.services import process
+
+    process.kill_all_groups()
+    os._exit(1)
 
 
 @worker_process_init.connect
 def _die_with_worker(**_):
-    # A pool process dies with the worker's main process, and its buildctl dies with it
-    # (process.py), so a SIGKILLed worker leaves no build running that the reaper will
-    # hand to another worker.
+    # A pool process stops its builds and exits when the worker's main process is gone (say,
+    # SIGKILLed), so nothing keeps building a job that the reaper hands to another worker.
+    # Celery sets PR_SET_PDEATHSIG=SIGKILL on pool processes for this, but that signal fires
+    # when the parent *thread* that forked the process exits: billiard forks replacement
+    # processes from its worker-handler thread, which stops at shutdown, so a warm shutdown
+    # SIGKILLed healthy builds running in replaced processes. We clear it and watch instead.
     try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
 
 
 @worker_ready.connect

@@ -42,15 +42,35 @@ def infra():
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     log_dir = TEST_ROOT / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
-    registry = localservices.start_registry(CACHE_DIR, REGISTRY_ADDR, log_dir / "registry.log")
-    buildkitd = localservices.start_buildkitd(CACHE_DIR, BUILDKIT_ADDR, REGISTRY_ADDR, log_dir / "buildkitd.log")
+    state_dir, lock = _claim_state_slot()
+    registry = localservices.start_registry(state_dir, REGISTRY_ADDR, log_dir / "registry.log")
+    buildkitd = localservices.start_buildkitd(state_dir, BUILDKIT_ADDR, REGISTRY_ADDR, log_dir / "buildkitd.log")
+    infra = {"registry": REGISTRY_ADDR, "buildkit": BUILDKIT_ADDR, "state_dir": state_dir,
+             "registry_proc": registry, "buildkitd_proc": buildkitd}
     try:
-        images = ensure_base_images(REGISTRY_ADDR, CACHE_DIR, BUILDKIT_ADDR, images=("debian", "dockerfile-frontend"))
-        yield {"registry": REGISTRY_ADDR, "buildkit": BUILDKIT_ADDR, "images": images,
-               "registry_proc": registry, "buildkitd_proc": buildkitd}
+        infra["images"] = ensure_base_images(REGISTRY_ADDR, CACHE_DIR, BUILDKIT_ADDR,
+                                             images=("debian", "dockerfile-frontend"))
+        yield infra
     finally:
-        localservices.stop(buildkitd)
-        localservices.stop(registry)
+        localservices.stop(infra["buildkitd_proc"])
+        localservices.stop(infra["registry_proc"])
+        lock.close()
+
+
+def _claim_state_slot():
+    """A directory for this session's registry storage and BuildKit root, kept between runs
+    (warm caches) but never shared by two sessions at once (buildkitd locks its root)."""
+    import fcntl
+
+    for slot in range(8):
+        lock = open(CACHE_DIR / f"state-{slot}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return CACHE_DIR / f"state-{slot}", lock
+    raise RuntimeError("eight test sessions are running already")
 
 
 class Worker:
@@ -68,7 +88,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--queues", self.queue,
              "--concurrency", str(concurrency),
-             "--pool", "prefork", "--loglevel", "INFO", "-n", f"{name}@%h", "--without-heartbeat"],
+             "--pool", "prefork", "--loglevel", os.environ.get("HUBFLY_TEST_WORKER_LOGLEVEL", "INFO"), "-n", f"{name}@%h", "--without-heartbeat"],
             cwd=REPO_ROOT, env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -21,6 +21,8 @@ from builds.errors import BuildCanceled, BuildTimedOut, LeaseLost
 
 _PR_SET_PDEATHSIG = 1
 _MAX_LINE = 16 * 1024
+# Process groups of the commands running in this process, for kill_all_groups().
+_active_groups: set[int] = set()
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -97,6 +99,7 @@ def run(
         close_fds=True,
     )
     pgid = proc.pid
+    _active_groups.add(pgid)
     fd = proc.stdout.fileno()
     pending = b""
     try:
@@ -131,6 +134,7 @@ def run(
         raise
     finally:
         _kill_group(pgid)
+        _active_groups.discard(pgid)
         proc.stdout.close()
         if proc.poll() is None:
             proc.kill()
@@ -160,3 +164,9 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_all_groups() -> None:
+    """Stop every command this process started (used when the worker's main process is gone)."""
+    for pgid in list(_active_groups):
+        _kill_group(pgid)

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -91,6 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _cgi(self):
         path, _, query = self.path.partition("?")
+        delay = self.server.delays.get(path.strip("/").split("/")[0].removesuffix(".git"), 0)
+        if delay:  # a slow git host, to catch a job while it fetches
+            time.sleep(delay)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         env = {
@@ -132,6 +136,7 @@ class GitServer:
         root.mkdir(parents=True, exist_ok=True)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.root = root
+        self.httpd.delays = {}  # repository name -> seconds to wait before answering
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -146,6 +151,9 @@ class GitServer:
             raise ValueError(f"repository {name} exists")
         self._names.add(name)
         return Repo(self, name)
+
+    def slow_down(self, name: str, seconds: float) -> None:
+        self.httpd.delays[name] = seconds
 
     def close(self) -> None:
         self.httpd.shutdown()
