@@ -53,6 +53,7 @@ DOCKERFILE_INVALID = "DOCKERFILE_INVALID"        # Dockerfile unreadable, symlin
 UNSUPPORTED_RUNTIME = "UNSUPPORTED_RUNTIME"      # runtime/version not in runtimes.json
 NOTHING_TO_BUILD = "NOTHING_TO_BUILD"            # detection found nothing buildable
 COMMAND_NOT_ALLOWED = "COMMAND_NOT_ALLOWED"      # a command the allowlist refuses
+INVALID_BUILD_CONFIG = "INVALID_BUILD_CONFIG"    # buildConfig values the generator cannot use
 BUILD_STEP_FAILED = "BUILD_STEP_FAILED"          # a RUN step exited non-zero
 BASE_IMAGE_NOT_FOUND = "BASE_IMAGE_NOT_FOUND"    # FROM image does not exist
 GIT_UNAVAILABLE = "GIT_UNAVAILABLE"              # git host unreachable (transient)

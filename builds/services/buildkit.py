@@ -33,6 +33,10 @@ class BuildRequest:
     secrets: dict[str, str] = field(default_factory=dict)  # id -> value
     memory_mb: int | None = None
     cpu: float | None = None
+    # Namespaces RUN --mount=type=cache ids, so one tenant's build can never read or plant
+    # files in another tenant's package caches.
+    cache_namespace: str | None = None
+    generated: bool = False
 
 
 def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
@@ -50,6 +54,10 @@ def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
     ]
     for key, value in sorted(req.build_args.items()):
         argv += ["--opt", f"build-arg:{key}={value}"]
+    if req.cache_namespace:
+        argv += ["--opt", f"build-arg:BUILDKIT_CACHE_MOUNT_NS={req.cache_namespace}"]
+        if req.generated:
+            argv += ["--opt", f"build-arg:HUBFLY_CACHE_ID={req.cache_namespace}"]
     env = {}
     for index, (key, value) in enumerate(sorted(req.secrets.items())):
         var = f"HUBFLY_SECRET_{index}"

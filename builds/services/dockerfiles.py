@@ -22,6 +22,7 @@ class BuildInputs:
     dockerfile_name: str
     generated: bool
     summary: str  # one line for the log
+    plan: dict | None = None  # what detection/generation decided, for the log and the job
 
 
 def inside(root: Path, candidate: Path) -> Path:
@@ -83,15 +84,17 @@ def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Pa
     for warning in plan.warnings:
         log.line(f"warning: {warning}")
     log.lines("generated Dockerfile:\n" + plan.dockerfile)
-    return BuildInputs(app_dir, out_dir, "Dockerfile", True, f"generated a Dockerfile for {plan.runtime} {plan.version}")
+    # A monorepo workspace installs from the repository root, so the plan names its context.
+    context = directory(checkout, plan.context_dir if plan.context_dir != "." else "", "build context")
+    framework = f" ({plan.framework})" if plan.framework else ""
+    return BuildInputs(context, out_dir, "Dockerfile", True,
+                       f"generated a Dockerfile for {plan.runtime} {plan.version}{framework}", plan.as_dict())
 
 
 def generate(*, app_dir: Path, checkout: Path, build_config: dict):
     """A BuildPlan from buildConfig or detection, or None when there is nothing to go on."""
     if not (build_config.get("isAutoBuild") or build_config.get("runtime")):
         return None
-    try:
-        from builds.dockerfile import plan_build
-    except ImportError:  # generation not available in this build of the service
-        return None
+    from builds.dockerfile import plan_build
+
     return plan_build(app_dir, build_config, repo_root=checkout)

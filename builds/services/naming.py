@@ -39,3 +39,8 @@ def cache_ref(user_id: str, project_id: str) -> str:
 def workspace_name(job_id: str, lease_hex: str) -> str:
     """A directory name that is safe whatever the id holds."""
     return hashlib.sha256(job_id.encode()).hexdigest()[:16] + "-" + lease_hex[:12]
+
+
+def cache_namespace(user_id: str, project_id: str) -> str:
+    """A per-project id for BuildKit cache mounts (hashed: ids may collide once sanitised)."""
+    return "p" + hashlib.sha256(f"{user_id}\0{project_id}".encode()).hexdigest()[:24]

@@ -105,6 +105,8 @@ class BuildDirector:
             secrets=self.secrets,
             memory_mb=limits.get("memoryMB"),
             cpu=limits.get("cpu"),
+            cache_namespace=naming.cache_namespace(self.job.user_id, self.job.project_id),
+            generated=inputs.generated,
         )
         argv, secret_env = buildkit.command(request)
         self.log.line(f"building {image}")

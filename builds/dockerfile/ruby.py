@@ -1,0 +1,87 @@
+"""Ruby apps with Bundler (Rails, Rack/Sinatra): gems installed in the full Ruby image (which
+has the compilers native gems need), run on the slim image with only the shared libraries
+those gems load."""
+
+import re
+
+from builds.dockerfile.files import RepoFiles
+from builds.dockerfile.model import ENTRY_POINT, PROJECT, Detection, Recipe
+from builds.dockerfile.writer import Dockerfile
+
+DEFAULT_PORT = 3000
+RUNTIME_LIBRARIES = {"pg": "libpq5", "mysql2": "libmariadb3", "sqlite3": "libsqlite3-0"}
+
+
+def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
+    if not files.is_file("Gemfile"):
+        return None
+    gemfile = files.read_text("Gemfile") or ""
+    lock = files.read_text("Gemfile.lock") or ""
+    gems = set(re.findall(r"^\s*gem\s+['\"]([\w-]+)['\"]", gemfile, re.M)) | set(re.findall(r"^    ([\w-]+) \(", lock, re.M))
+    det = Detection("ruby", PROJECT, package_manager="bundler")
+    version = re.search(r"^ruby\s+['\"]~?>?\s*(\d+\.\d+(?:\.\d+)?)['\"]", gemfile, re.M)
+    dotfile = (files.read_text(".ruby-version") or "").strip().removeprefix("ruby-")
+    locked = re.search(r"RUBY VERSION\s+ruby (\d+\.\d+(?:\.\d+)?)", lock)
+    if dotfile:
+        det.version_request, det.version_source = dotfile.splitlines()[0], ".ruby-version"
+    elif version:
+        det.version_request, det.version_source = version.group(1), "Gemfile"
+    elif locked:
+        det.version_request, det.version_source = locked.group(1), "Gemfile.lock"
+    det.install = "bundle install"
+    det.hints["runtime_libraries"] = sorted(lib for gem, lib in RUNTIME_LIBRARIES.items() if gem in gems)
+    det.hints["dependency_files"] = [n for n in ("Gemfile", "Gemfile.lock", ".ruby-version") if files.is_file(n)]
+    if files.is_file("config/application.rb") or "rails" in gems:
+        det.framework, det.port = "rails", 3000
+        if files.is_dir("app/assets") or files.is_file("config/importmap.rb"):
+            det.build = "bundle exec rails assets:precompile"
+        det.run = "bundle exec puma -C config/puma.rb" if files.is_file("config/puma.rb") \
+            else "bundle exec rails server -b 0.0.0.0"
+    elif files.is_file("config.ru"):
+        det.framework = "sinatra" if "sinatra" in gems else "rack"
+        det.port = 9292
+        det.run = "bundle exec puma -b tcp://0.0.0.0:${PORT:-9292}" if "puma" in gems \
+            else "bundle exec rackup -o 0.0.0.0 -p ${PORT:-9292}"
+    if det.run:
+        det.confidence = ENTRY_POINT
+    else:
+        det.fatal = "found no config.ru or Rails app to start; set runCommand"
+    return det
+
+
+def render(recipe: Recipe, files: RepoFiles) -> str:
+    hints = recipe.hints
+    bundle_env = {"BUNDLE_WITHOUT": "development:test", "BUNDLE_PATH": "/usr/local/bundle"}
+    if "Gemfile.lock" in (hints.get("dependency_files") or ()):
+        bundle_env = {"BUNDLE_DEPLOYMENT": "1", **bundle_env}  # install exactly the lockfile
+    df = Dockerfile().stage(recipe.images["build"], "build")
+    df.env(**bundle_env)
+    df.workdir("/app")
+    needed = hints.get("dependency_files")
+    if recipe.install == "bundle install" and needed and "Gemfile.lock" in needed:
+        df.copy(needed, "./")
+        df.run(recipe.install)
+        df.copy_source()
+    else:
+        df.copy_source()
+        if recipe.install:
+            df.run(recipe.install)
+    if recipe.build:
+        df.env(RAILS_ENV="production", SECRET_KEY_BASE_DUMMY="1")
+        df.run(recipe.build)
+
+    df.stage(recipe.images["run"])
+    libraries = hints.get("runtime_libraries") or []
+    if libraries:
+        df.run("apt-get update && apt-get install -y --no-install-recommends " + " ".join(libraries)
+               + " && rm -rf /var/lib/apt/lists/*")
+    df.create_user()
+    df.env(**bundle_env, RAILS_ENV="production", RACK_ENV="production", RAILS_LOG_TO_STDOUT="1",
+           RAILS_SERVE_STATIC_FILES="1", PORT=recipe.port)
+    df.workdir("/app")
+    df.copy("/usr/local/bundle", "/usr/local/bundle", from_stage="build")
+    df.copy("/app", "/app", from_stage="build", chown=True)
+    df.user().expose(recipe.port)
+    if recipe.run:
+        df.start(recipe.run)
+    return df.text()
