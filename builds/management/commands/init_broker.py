@@ -18,7 +18,7 @@ class Command(BaseCommand):
             return
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=3)
-            conn.default_channel  # opening a channel creates kombu's tables
+            conn.default_channel.session  # the channel's first session creates kombu's tables
         path = settings.CELERY_BROKER_URL.split(":///", 1)[1]
         with sqlite3.connect(path, timeout=60) as db:
             db.execute("PRAGMA journal_mode=WAL")
