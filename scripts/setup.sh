@@ -10,9 +10,14 @@ dev=0
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
+needs="git:git runc:runc docker-registry:docker-registry curl:curl"
+# Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis, and
+# drive the admin in a headless browser.
+[ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium \
+  /usr/lib/postgresql/15/bin/postgres:postgresql"
 missing=()
-for pair in git:git runc:runc docker-registry:docker-registry debootstrap:debootstrap curl:curl; do
-  binary=${pair%%:*} package=${pair##*:}
+for pair in $needs; do
+  binary=${pair%:*} package=${pair##*:}
   command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.testenv import (  # noqa: F401  (the environment is set when pytest starts)
-    API_TOKEN, ARTIFACTS, BUILDKIT_ADDR, CACHE_DIR, CALLBACK_SECRET, RECEIVER, REGISTRY_ADDR, REPO_ROOT, TEST_ROOT,
+    API_TOKEN, ARTIFACTS, BUILDKIT_ADDR, CACHE_DIR, CALLBACK_SECRET, RECEIVER, REGISTRY_ADDR, REPO_ROOT, SCALEOUT,
+    TEST_ROOT,
 )
+
+# tests/scaleout needs PostgreSQL + Redis: it runs in its own session (HUBFLY_TEST_SCALEOUT=1).
+collect_ignore = [] if SCALEOUT else ["scaleout"]
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +29,14 @@ def django_db_setup(django_db_blocker):
 
     with django_db_blocker.unblock():
         call_command("migrate", verbosity=0)
+
+
+@pytest.fixture
+def live_db(django_db_setup, django_db_blocker):
+    """The real database shared with worker and web processes: no wrapping transaction and no
+    flush afterwards (a flush would race with those processes). Tests use unique ids instead."""
+    with django_db_blocker.unblock():
+        yield
 
 
 @pytest.fixture(scope="session")

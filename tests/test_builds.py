@@ -14,7 +14,7 @@ from tests.conftest import CALLBACK_SECRET, wait_for
 from tests.support import registry
 from tests.support.jobs import log_text, new_id, submit, wait_final
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
 
 BASE = "FROM debian:bookworm-slim\n"
 

@@ -73,12 +73,11 @@ def test_no_input_to_create_gives_a_5xx_or_stores_an_invalid_job(api, body):
 
 
 BASE = "FROM debian:bookworm-slim\n"
-e2e = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "../../../../../../etc/passwd"])
 @pytest.mark.e2e
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("live_db")
 def test_dockerfile_symlinked_to_a_host_file_is_refused(api, worker, git_server, target):
     repo = git_server.repo(f"symlink-{uuid.uuid4().hex[:6]}")
     repo.commit({"README": "x"})
@@ -89,7 +88,7 @@ def test_dockerfile_symlinked_to_a_host_file_is_refused(api, worker, git_server,
 
 
 @pytest.mark.e2e
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("live_db")
 def test_dangling_dockerfile_symlink_never_writes_its_target(api, worker, git_server):
     victim = f"/tmp/hubfly-victim-{uuid.uuid4().hex}"
     repo = git_server.repo("dangling")
@@ -102,7 +101,7 @@ def test_dangling_dockerfile_symlink_never_writes_its_target(api, worker, git_se
 
 @pytest.mark.parametrize("field", ["workingDir", "buildContextDir"])
 @pytest.mark.e2e
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("live_db")
 def test_directories_symlinked_out_of_the_checkout_are_refused(api, worker, git_server, field):
     repo = git_server.repo(f"escape-{field.lower()}")
     repo.commit({"Dockerfile": BASE})
@@ -115,7 +114,7 @@ def test_directories_symlinked_out_of_the_checkout_are_refused(api, worker, git_
 
 
 @pytest.mark.e2e
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("live_db")
 def test_submodule_pointing_at_a_local_path_is_never_fetched(api, worker, git_server, tmp_path):
     secret_repo = tmp_path / "secret"
     secret_repo.mkdir()

@@ -17,7 +17,7 @@ from hubfly import localservices
 from tests.conftest import BUILDKIT_ADDR, REGISTRY_ADDR, TEST_ROOT, Worker, wait_for
 from tests.support.jobs import log_text, new_id, submit, wait_final
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
 
 BASE = "FROM debian:bookworm-slim\nARG NONCE\n"
 

@@ -51,4 +51,18 @@ os.environ.update(
     }
 )
 for name in ("DATABASE_URL", "CELERY_BROKER_URL"):
-    os.environ.pop(name, None)
+    os.environ.pop(name, None)  # the default run is on the embedded SQLite defaults
+
+# HUBFLY_TEST_SCALEOUT=1: the same suite on PostgreSQL + Redis, as a multi-host deployment runs.
+SCALEOUT = os.environ.get("HUBFLY_TEST_SCALEOUT") == "1"
+SCALEOUT_SERVICES = []
+if SCALEOUT:
+    import atexit
+
+    from tests.support import scaleout
+
+    _database_url, _postgres = scaleout.start_postgres(TEST_ROOT / "postgres")
+    _broker_url, _redis = scaleout.start_redis(TEST_ROOT / "redis")
+    SCALEOUT_SERVICES += [_postgres, _redis]
+    atexit.register(lambda: [scaleout.stop(p) for p in SCALEOUT_SERVICES])
+    os.environ.update({"DATABASE_URL": _database_url, "CELERY_BROKER_URL": _broker_url})
