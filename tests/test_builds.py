@@ -163,3 +163,15 @@ def test_secret_values_reach_the_build_but_never_the_log(api, worker, git_server
     assert job.status == "success", job.error
     text = log_text(api, job_id)
     assert "sup3r-s3cret-value" not in text and "***" in text
+
+
+def test_progress_shows_the_running_step(api, worker, git_server):
+    repo = git_server.repo("progress")
+    repo.commit({"Dockerfile": BASE + "ARG NONCE\nRUN echo $NONCE\nRUN echo $NONCE; sleep 4\n"})
+    job_id = submit(api, repo.url, env={"NONCE": new_id()})
+    seen = wait_for(
+        lambda: (api.get(f"/api/v1/jobs/{job_id}").json().get("progress") or {}).get("name", "").endswith("sleep 4")
+        and api.get(f"/api/v1/jobs/{job_id}").json()["progress"], 60, "the progress of the sleeping step")
+    assert seen["step"] == 3 and seen["total"] == 3
+    job = wait_final(job_id)
+    assert job.status == "success" and job.progress is None
