@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 
 from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from .logformat import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "builds",
 ]
 
@@ -126,6 +129,30 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "builds.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI schema at /api/schema/ and docs at /api/docs/ (builds.api.schema). Both are public:
+# they describe the API and hold no data. The docs page's assets come from the sidecar package,
+# so it works without internet access.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "hubfly-builder API",
+    "DESCRIPTION": "Builds container images from git repositories with BuildKit.",
+    "VERSION": "1.0.0",
+    # 3.1: nullable objects are `oneOf: [ref, null]`, which validators read as meant (3.0's
+    # `nullable` next to a $ref is ambiguous, and validators reject null there).
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "builds.api.schema.add_plain_django_endpoints",
+    ],
 }
 
 # --- The build service ---------------------------------------------------------------------
@@ -188,6 +215,16 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _LONGEST_TASK_SECONDS}
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
+if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ closes a channel whose delivery stays unacknowledged past consumer_timeout (30 min
+    # by default); builds are acknowledged when they end. RabbitMQ 3.12+ honours this per-queue
+    # argument; older servers need consumer_timeout in rabbitmq.conf (see README).
+    from kombu import Queue
+
+    CELERY_TASK_QUEUES = (
+        Queue("builds", queue_arguments={"x-consumer-timeout": _LONGEST_TASK_SECONDS * 1000}),
+        Queue("maintenance"),
+    )
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
@@ -211,11 +248,8 @@ CELERY_BEAT_SCHEDULE = {
     "prune": {"task": "builds.tasks.prune", "schedule": 3600.0},
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# One line per event with the job id where there is one; JSON lines with LOG_FORMAT=json.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ConfigError(f"LOG_FORMAT must be plain or json; got {LOG_FORMAT!r}")
+LOGGING = logging_config(LOG_FORMAT, env_str("LOG_LEVEL", "INFO"))
