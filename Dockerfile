@@ -13,4 +13,4 @@ RUN useradd --system --uid 10001 --home /data hubfly && mkdir -p /data /log && c
 USER hubfly
 ENV DATA_DIR=/data LOG_DIR=/log PYTHONUNBUFFERED=1
 EXPOSE 8080
-CMD ["gunicorn", "hubfly.wsgi:application", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--bind", "0.0.0.0:8080"]
+CMD ["gunicorn", "hubfly.asgi:application", "--config", "python:hubfly.gunicorn_conf", "--worker-class", "uvicorn_worker.UvicornWorker", "--workers", "2", "--bind", "0.0.0.0:8080"]

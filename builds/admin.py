@@ -1,23 +1,95 @@
-"""Django admin for jobs: browse, filter, read settings (secrets masked). Statuses are not
-editable by hand; every change goes through the services."""
+"""Django admin for jobs: browse, filter and search; read a job's settings (secrets masked),
+result, callback deliveries and log, followed live while it runs; cancel and rebuild.
 
-from django.contrib import admin
-from django.utils.html import format_html
+Nobody edits a job by hand: every change goes through the same services as the API
+(`lifecycle.job_cancel`, `jobs.job_create`). Who may do what:
+- `builds.view_job` (e.g. a read-only group): browse jobs, read and download logs;
+- `builds.change_job`: also cancel and rebuild. It never makes fields editable.
+"""
 
-from builds.models import CallbackAttempt, CallbackEvent, Job
-from builds.services import jobs, logs
+import json
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from rest_framework.exceptions import ValidationError
+
+from builds.api.errors import ApiError, first_message
+from builds.api.serializers import JobCreateInput
+from builds.api.views import check_generation_settings
+from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job
+from builds.services import follow, jobs, lifecycle, logs, rebuild
+
+LOG_TAIL_BYTES = 64 * 1024
+
+
+class RuntimeFilter(admin.SimpleListFilter):
+    title = "runtime"
+    parameter_name = "runtime"
+
+    def lookups(self, request, model_admin):
+        runtimes = {(config or {}).get("runtime") or "" for config in Job.objects.values_list("build_config", flat=True)[:5000]}
+        return [(r, r) for r in sorted(runtimes) if r] + [("-", "none (Dockerfile)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "-":
+            return queryset.exclude(build_config__has_key="runtime") | queryset.filter(build_config__runtime="")
+        if self.value():
+            return queryset.filter(build_config__runtime=self.value())
+        return queryset
+
+
+class ErrorCodeFilter(admin.SimpleListFilter):
+    title = "error code"
+    parameter_name = "error_code"
+
+    def lookups(self, request, model_admin):
+        codes = Job.objects.exclude(error_code="").order_by("error_code").values_list("error_code", flat=True).distinct()
+        return [(code, code) for code in codes]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(error_code=self.value()) if self.value() else queryset
+
+
+def _progress_text(progress: dict | None) -> str:
+    if not progress:
+        return "-"
+    if progress.get("step") and progress.get("total"):
+        return f"step {progress['step']}/{progress['total']}: {progress.get('name', '')}"
+    return progress.get("name") or "-"
+
+
+def _pretty(value) -> str:
+    return format_html("<pre style='margin:0;white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "project_id", "user_id", "runtime", "duration", "retry_count", "created_at")
-    list_filter = ("status", "error_code")
-    search_fields = ("id", "project_id", "user_id", "commit_sha", "image_tag")
+    list_filter = ("status", RuntimeFilter, ErrorCodeFilter, "created_at")
+    search_fields = ("id", "project_id", "user_id", "commit_sha", "image_tag", "image_digest", "worker")
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in Job._meta.fields if f.name not in ("source_info", "build_config")] + [
-        "source", "settings", "log_tail"
-    ]
-    exclude = ("source_info", "build_config", "lease", "request_fingerprint")
+    list_per_page = 50
+    actions = ["cancel_jobs", "rebuild_jobs"]
+    fieldsets = (
+        (None, {"fields": ("id", "status", "progress_text", "project_id", "user_id", "worker", "attempts", "retry_count")}),
+        ("Result", {"fields": ("commit_sha", "image_tag", "image_digest", "error_code", "error")}),
+        ("Source and settings (secrets masked)", {"fields": ("source", "settings")}),
+        ("Times", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at",
+                              "cancel_requested_at")}),
+        ("Callback deliveries", {"fields": ("callback_deliveries",)}),
+    )
+    readonly_fields = (
+        "id", "status", "progress_text", "project_id", "user_id", "worker", "attempts", "retry_count", "commit_sha",
+        "image_tag", "image_digest", "error_code", "error", "source", "settings", "created_at", "started_at",
+        "finished_at", "duration", "heartbeat_at", "cancel_requested_at", "callback_deliveries",
+    )
+
+    # --- who may do what -------------------------------------------------------------------
 
     def has_add_permission(self, request):
         return False
@@ -25,27 +97,172 @@ class JobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_operate_permission(self, request) -> bool:
+        """Cancel and rebuild."""
+        return request.user.has_perm("builds.change_job")
+
+    # --- columns and fields ----------------------------------------------------------------
+
     @admin.display(description="runtime")
     def runtime(self, job):
         return (job.build_config or {}).get("runtime") or ""
 
     @admin.display(description="duration (s)")
     def duration(self, job):
-        return job.duration_seconds
+        return "-" if job.duration_seconds is None else job.duration_seconds
+
+    @admin.display(description="progress")
+    def progress_text(self, job):
+        return _progress_text(job.progress)
 
     @admin.display(description="source")
     def source(self, job):
-        return jobs.masked_source_info(job)
+        return _pretty(jobs.masked_source_info(job))
 
     @admin.display(description="build settings")
     def settings(self, job):
-        return jobs.masked_build_config(job)
+        return _pretty(jobs.masked_build_config(job))
 
-    @admin.display(description="log (last 20 KB)")
-    def log_tail(self, job):
-        end = logs.log_end(job.id)
-        text = b"".join(logs.read_from(job.id, max(0, end - 20000), end)).decode("utf-8", "replace")
-        return format_html("<pre style='white-space:pre-wrap;max-height:40em;overflow:auto'>{}</pre>", text)
+    @admin.display(description="deliveries")
+    def callback_deliveries(self, job):
+        events = list(job.callback_events.order_by("created_at"))
+        if not events:
+            return "none"
+        attempts = CallbackAttempt.objects.filter(event__in=events).order_by("at")
+        by_event: dict = {}
+        for attempt in attempts:
+            by_event.setdefault(attempt.event_id, []).append(attempt)
+        rows = []
+        for event in events:
+            tries = by_event.get(event.id, [])
+            detail = "; ".join(
+                f"{a.at:%Y-%m-%d %H:%M:%S} {a.http_status or '-'} {a.error or 'ok'} ({a.duration_ms} ms)" for a in tries
+            )
+            rows.append((event.id, event.state, event.attempts, event.url, detail or "not tried yet"))
+        return format_html(
+            "<table><thead><tr><th>event</th><th>state</th><th>attempts</th><th>url</th><th>tries</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    # --- the job page ----------------------------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, unquote(object_id))
+        context = dict(extra_context or {})
+        if job is not None:
+            text, start, end = follow.log_tail(job.id, LOG_TAIL_BYTES)
+            pk = quote(job.pk)
+            context.update(
+                job=job,
+                job_final=job.status in FINAL_STATUSES,
+                can_operate=self.has_operate_permission(request),
+                log_text=text,
+                log_start=start,
+                log_offset=end,
+                log_url=reverse("admin:builds_job_log", args=[pk]),
+                log_download_url=reverse("admin:builds_job_log_download", args=[pk]),
+                cancel_url=reverse("admin:builds_job_cancel", args=[pk]),
+                rebuild_url=reverse("admin:builds_job_rebuild", args=[pk]),
+            )
+        return super().change_view(request, object_id, form_url, context)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/log/", view(self.log_view), name="builds_job_log"),
+            path("<path:object_id>/log/download/", view(self.log_download_view), name="builds_job_log_download"),
+            path("<path:object_id>/cancel/", view(self.cancel_view), name="builds_job_cancel"),
+            path("<path:object_id>/rebuild/", view(self.rebuild_view), name="builds_job_rebuild"),
+        ] + super().get_urls()
+
+    def _job_for(self, request, object_id, *, operate: bool = False) -> Job:
+        job = self.get_object(request, unquote(object_id))
+        if job is None:
+            raise Http404("no such job")
+        if not self.has_view_permission(request, job) or (operate and not self.has_operate_permission(request)):
+            raise PermissionDenied
+        return job
+
+    def log_view(self, request, object_id):
+        """The log from ?offset= (one bounded batch) and the job's status, for the page's live log."""
+        job = self._job_for(request, object_id)
+        raw = request.GET.get("offset", "0")
+        offset = int(raw) if raw.isdigit() else 0
+        # Status before the bytes: whatever was written before the job ended is in this read.
+        state = Job.objects.filter(pk=job.pk).values("status", "progress").first() or {}
+        pieces, position = follow.read_batch(job.id, offset)
+        return JsonResponse({
+            "data": b"".join(pieces).decode("utf-8", "replace"),
+            "offset": position,
+            "status": state.get("status"),
+            "final": state.get("status") in FINAL_STATUSES,
+            "progress": _progress_text(state.get("progress")),
+        })
+
+    def log_download_view(self, request, object_id):
+        job = self._job_for(request, object_id)
+        cursor = follow.LogCursor(job.id, 0, end=logs.log_end(job.id))
+        response = follow.LogStreamingResponse(cursor, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{job.id}.log"'
+        return response
+
+    def cancel_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self._job_for(request, object_id, operate=True)
+        self._cancel(request, job)
+        return HttpResponseRedirect(reverse("admin:builds_job_change", args=[quote(job.pk)]))
+
+    def rebuild_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self._job_for(request, object_id, operate=True)
+        new = self._rebuild(request, job)
+        target = new or job
+        return HttpResponseRedirect(reverse("admin:builds_job_change", args=[quote(target.pk)]))
+
+    # --- actions ---------------------------------------------------------------------------
+
+    @admin.action(description="Cancel the selected jobs", permissions=["operate"])
+    def cancel_jobs(self, request, queryset):
+        for job in queryset:
+            self._cancel(request, job)
+
+    @admin.action(description="Rebuild the selected jobs (new jobs, same source and settings)", permissions=["operate"])
+    def rebuild_jobs(self, request, queryset):
+        for job in queryset:
+            self._rebuild(request, job)
+
+    def _cancel(self, request, job: Job) -> None:
+        updated, accepted = lifecycle.job_cancel(job_id=job.id)
+        if updated is None:
+            self.message_user(request, f"No job {job.id}", messages.ERROR)
+        elif not accepted:
+            self.message_user(request, f"Job {job.id} already ended ({updated.status})", messages.WARNING)
+        elif updated.status == "canceled":
+            self.message_user(request, f"Job {job.id} canceled", messages.SUCCESS)
+        else:
+            self.message_user(request, f"Job {job.id}: cancel requested; the build stops within a few seconds",
+                              messages.SUCCESS)
+
+    def _rebuild(self, request, job: Job) -> Job | None:
+        """Validated exactly like an API request, so today's policy (allowed hosts, commands)
+        applies to the rebuild."""
+        data = JobCreateInput(data=rebuild.rebuild_request(job))
+        try:
+            data.is_valid(raise_exception=True)
+            check_generation_settings(data.validated_data.get("buildConfig") or {})
+            new, _ = jobs.job_create(data=data.validated_data)
+        except (ApiError, ValidationError, jobs.JobConflict) as exc:
+            reason = first_message(exc.detail) if isinstance(exc, ValidationError) else getattr(exc, "message", "id taken")
+            self.message_user(request, f"Cannot rebuild job {job.id}: {reason}", messages.ERROR)
+            return None
+        self.message_user(request, f"Job {job.id} rebuilt as {new.id}", messages.SUCCESS)
+        return new
 
 
 class CallbackAttemptInline(admin.TabularInline):
@@ -55,6 +272,9 @@ class CallbackAttemptInline(admin.TabularInline):
     readonly_fields = ("at", "http_status", "error", "duration_ms")
 
     def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
 
 
@@ -71,4 +291,7 @@ class CallbackEventAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -35,10 +35,15 @@ def test_what_compose_runs_exists():
     migrate = " ".join(services["migrate"]["command"])
     for command in ("migrate", "init_broker"):
         assert command in migrate and command in get_commands()
-    wsgi = services["web"]["command"][1]
-    module, _, attribute = wsgi.partition(":")
-    assert module == "hubfly.wsgi" and attribute == "application"
-    assert (ROOT / "hubfly" / "wsgi.py").is_file()
+    app = services["web"]["command"][1]
+    module, _, attribute = app.partition(":")
+    assert module == "hubfly.asgi" and attribute == "application"
+    assert (ROOT / "hubfly" / "asgi.py").is_file()
+    web = " ".join(services["web"]["command"])
+    procfile_web = next(line for line in (ROOT / "configs" / "Procfile").read_text().splitlines()
+                        if line.startswith("web:"))
+    for option in ("--worker-class uvicorn_worker.UvicornWorker", "--config python:hubfly.gunicorn_conf"):
+        assert option in web and option in procfile_web
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]

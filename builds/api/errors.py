@@ -30,13 +30,13 @@ _CODES = {
 }
 
 
-def _first_message(detail) -> str:
+def first_message(detail) -> str:
     if isinstance(detail, dict):
         for key, value in detail.items():
-            inner = _first_message(value)
+            inner = first_message(value)
             return inner if key in ("non_field_errors", "detail") else f"{key}: {inner}"
     if isinstance(detail, list) and detail:
-        return _first_message(detail[0])
+        return first_message(detail[0])
     return str(detail)
 
 
@@ -55,12 +55,12 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     if isinstance(exc, exceptions.ValidationError):
         return Response(
-            {"error": "VALIDATION_ERROR", "message": _first_message(exc.detail), "fields": _plain(exc.detail)},
+            {"error": "VALIDATION_ERROR", "message": first_message(exc.detail), "fields": _plain(exc.detail)},
             status=status.HTTP_400_BAD_REQUEST,
         )
     if isinstance(exc, exceptions.APIException):
         code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "ERROR")
-        message = _first_message(exc.detail)
+        message = first_message(exc.detail)
         if isinstance(exc, exceptions.ParseError):
             message = "the request body is not valid JSON"
         response = Response({"error": code, "message": message}, status=exc.status_code)

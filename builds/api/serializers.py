@@ -5,6 +5,7 @@ fields a client sends (status, imageTag, logPath, ...) are never read."""
 import re
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.services import gitsource
@@ -124,6 +125,7 @@ class ResourceLimitsInput(serializers.Serializer):
     memoryMB = StrictInteger(required=False, allow_null=True, min_value=16, max_value=1024 * 1024)
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "number"}], "example": "20"})
 class VersionField(serializers.Field):
     """A string, or a number as the seed README's example sends (`"version": 18`)."""
 
@@ -139,6 +141,7 @@ class VersionField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string"}]})
 class PortField(serializers.Field):
     def to_internal_value(self, data):
         if isinstance(data, str) and data.strip().isdigit():

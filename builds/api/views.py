@@ -1,18 +1,24 @@
 """HTTP endpoints (contract section 1). Thin: validate, call one service, present."""
 
-from django.conf import settings
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.api.errors import ApiError
+from builds.api.schema import ErrorOutput, JobListOutput, JobOutput, ValidationErrorOutput
 from builds.api.serializers import JobCreateInput
+from builds.dockerfile import check_build_config
 from builds.errors import UserError
 from builds.models import ACTIVE_STATUSES, Job, Status
-from builds.services import health, jobs, lifecycle, logs
+from builds.services import health, jobs, lifecycle, metrics
 
 MAX_PAGE = 200
+
+UNAUTHORIZED = OpenApiResponse(ErrorOutput, description="missing or wrong token")
+NOT_FOUND = OpenApiResponse(ErrorOutput, description="JOB_NOT_FOUND")
+JOB_ID = OpenApiParameter("job_id", str, OpenApiParameter.PATH, description="the job's id")
 
 
 def job_not_found():
@@ -39,6 +45,20 @@ def _int_param(request, name: str, default: int, minimum: int, maximum: int | No
 
 
 class JobListCreate(APIView):
+    @extend_schema(
+        operation_id="jobs_create",
+        summary="Submit a build job",
+        request=JobCreateInput,
+        responses={
+            201: OpenApiResponse(JobOutput, description="the job was created"),
+            200: OpenApiResponse(JobOutput, description="the same request was sent before: the existing job"),
+            400: OpenApiResponse(ValidationErrorOutput, description="the request is not valid"),
+            401: UNAUTHORIZED,
+            409: OpenApiResponse(ErrorOutput, description="JOB_EXISTS: the id is taken by a different request"),
+            413: OpenApiResponse(ErrorOutput, description="PAYLOAD_TOO_LARGE: the body is over 1 MiB"),
+        },
+        tags=["jobs"],
+    )
     def post(self, request):
         if not isinstance(request.data, dict):
             raise ApiError(400, "VALIDATION_ERROR", "the request body must be a JSON object")
@@ -51,6 +71,20 @@ class JobListCreate(APIView):
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
         return Response(jobs.job_json(job), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
+    @extend_schema(
+        operation_id="jobs_list",
+        summary="List jobs, newest first",
+        parameters=[
+            OpenApiParameter("projectId", str, description="only this project's jobs"),
+            OpenApiParameter("userId", str, description="only this user's jobs"),
+            OpenApiParameter("status", str, enum=Status.values, description="only jobs in this status"),
+            OpenApiParameter("limit", int, description=f"page size, 1-{MAX_PAGE} (default 50)"),
+            OpenApiParameter("offset", int, description="how many jobs to skip"),
+        ],
+        responses={200: JobListOutput, 400: OpenApiResponse(ErrorOutput, description="a filter is not valid"),
+                   401: UNAUTHORIZED},
+        tags=["jobs"],
+    )
     def get(self, request):
         query = Job.objects.all().order_by("-created_at", "id")
         for param, field in (("projectId", "project_id"), ("userId", "user_id")):
@@ -71,21 +105,33 @@ def check_generation_settings(build_config: dict) -> None:
     """Refuse at submit time what is already known to be unbuildable: an unknown runtime or
     version, or a command the allowlist refuses."""
     try:
-        from builds.dockerfile import check_build_config
-    except ImportError:
-        return
-    try:
         check_build_config(build_config)
     except UserError as exc:
         raise ApiError(400, exc.code, exc.message) from None
 
 
 class JobDetail(APIView):
+    @extend_schema(operation_id="jobs_retrieve", summary="One job", parameters=[JOB_ID],
+                   responses={200: JobOutput, 401: UNAUTHORIZED, 404: NOT_FOUND}, tags=["jobs"])
     def get(self, request, job_id):
         return Response(jobs.job_json(get_job(job_id)))
 
 
 class JobCancel(APIView):
+    @extend_schema(
+        operation_id="jobs_cancel",
+        summary="Cancel a job",
+        description="A pending job is canceled at once; a running build is stopped within a few seconds.",
+        parameters=[JOB_ID],
+        request=None,
+        responses={
+            202: OpenApiResponse(JobOutput, description="the cancel was accepted"),
+            401: UNAUTHORIZED,
+            404: NOT_FOUND,
+            409: OpenApiResponse(ErrorOutput, description="JOB_FINAL: the job already ended"),
+        },
+        tags=["jobs"],
+    )
     def post(self, request, job_id):
         job, accepted = lifecycle.job_cancel(job_id=job_id)
         if job is None:
@@ -95,21 +141,9 @@ class JobCancel(APIView):
         return Response(jobs.job_json(job), status=status.HTTP_202_ACCEPTED)
 
 
-class JobLogs(APIView):
-    def get(self, request, job_id):
-        get_job(job_id)
-        offset = _int_param(request, "offset", 0, 0)
-        end = logs.log_end(job_id)
-        if end == 0:
-            raise ApiError(404, "BUILD_LOG_NOT_FOUND", "build log not found")
-        start = min(offset, end)
-        response = StreamingHttpResponse(logs.read_from(job_id, start, end), content_type="text/plain; charset=utf-8")
-        response["X-Log-Offset"] = str(end)
-        response["Cache-Control"] = "no-store"
-        return response
-
-
 class RunningBuilds(APIView):
+    @extend_schema(operation_id="running_builds", summary="Jobs claimed or building, on every worker",
+                   responses={200: JobOutput(many=True), 401: UNAUTHORIZED}, tags=["dev"])
     def get(self, request):
         running = Job.objects.filter(status__in=ACTIVE_STATUSES).order_by("claimed_at")
         return Response([jobs.job_json(job) for job in running])
@@ -117,6 +151,12 @@ class RunningBuilds(APIView):
 
 def healthz(request):
     return HttpResponse("OK", content_type="text/plain; charset=utf-8")
+
+
+def metrics_view(request):
+    """Prometheus text; no token, like /healthz: it holds counts only, no ids or names."""
+    body, content_type = metrics.render()
+    return HttpResponse(body, content_type=content_type)
 
 
 def readyz(request):

@@ -1,0 +1,185 @@
+"""The OpenAPI description of the API: output serializers that document `jobs.job_json` and the
+error bodies, the bearer-token scheme, and the endpoints that are plain Django views (the log
+stream, health, metrics), which drf-spectacular cannot see by itself.
+
+The output serializers are never used to render anything; tests/test_openapi.py checks that
+real responses match them.
+"""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import extend_schema_serializer
+from rest_framework import serializers
+
+from builds.models import Status
+
+SECURITY_SCHEME = "bearerAuth"
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "builds.api.auth.BearerTokenAuthentication"
+    name = SECURITY_SCHEME
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "a token from BUILDER_API_TOKENS"}
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorOutput(serializers.Serializer):
+    error = serializers.CharField(help_text="stable error code, e.g. JOB_NOT_FOUND")
+    message = serializers.CharField(help_text="one line for humans")
+
+
+@extend_schema_serializer(component_name="ValidationError")
+class ValidationErrorOutput(ErrorOutput):
+    fields = serializers.DictField(required=False, help_text="the messages per input field")
+
+
+@extend_schema_serializer(component_name="Progress")
+class ProgressOutput(serializers.Serializer):
+    step = serializers.IntegerField(allow_null=True, help_text="the running step's number, from buildctl's [n/m]")
+    total = serializers.IntegerField(allow_null=True, help_text="the number of steps")
+    name = serializers.CharField(help_text='the step, e.g. "RUN npm run build"')
+
+
+@extend_schema_serializer(component_name="SourceInfo")
+class SourceInfoOutput(serializers.Serializer):
+    gitRepository = serializers.CharField(help_text="credentials in the URL are shown as ***")
+    commitSha = serializers.CharField(required=False)
+    ref = serializers.CharField(required=False)
+    workingDir = serializers.CharField(required=False)
+
+
+@extend_schema_serializer(component_name="ResourceLimits")
+class ResourceLimitsOutput(serializers.Serializer):
+    cpu = serializers.FloatField(required=False, allow_null=True)
+    memoryMB = serializers.IntegerField(required=False, allow_null=True)
+
+
+@extend_schema_serializer(component_name="BuildConfig")
+class BuildConfigOutput(serializers.Serializer):
+    isAutoBuild = serializers.BooleanField(required=False)
+    runtime = serializers.CharField(required=False)
+    version = serializers.CharField(required=False)
+    prebuildCommand = serializers.CharField(required=False)
+    installCommand = serializers.CharField(required=False)
+    buildCommand = serializers.CharField(required=False)
+    runCommand = serializers.CharField(required=False)
+    exposePort = serializers.IntegerField(required=False)
+    timeoutSeconds = serializers.IntegerField(required=False)
+    resourceLimits = ResourceLimitsOutput(required=False)
+    env = serializers.DictField(child=serializers.CharField(), required=False,
+                                help_text="values of keys listed in secrets are shown as ***")
+    secrets = serializers.ListField(child=serializers.CharField(), required=False)
+    dockerfilePath = serializers.CharField(required=False)
+    buildContextDir = serializers.CharField(required=False)
+
+
+@extend_schema_serializer(component_name="Job")
+class JobOutput(serializers.Serializer):
+    id = serializers.CharField()
+    projectId = serializers.CharField()
+    userId = serializers.CharField()
+    sourceType = serializers.CharField()
+    sourceInfo = SourceInfoOutput()
+    buildConfig = BuildConfigOutput()
+    status = serializers.ChoiceField(choices=Status.values)
+    imageTag = serializers.CharField(allow_null=True)
+    imageDigest = serializers.CharField(allow_null=True)
+    commitSha = serializers.CharField(allow_null=True, help_text="the commit actually built")
+    retryCount = serializers.IntegerField()
+    errorCode = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    logPath = serializers.CharField(help_text="the API path of the job's log")
+    progress = ProgressOutput(
+        allow_null=True,
+        help_text="the build step running now (null before the build starts and once it ended), "
+        "for a progress bar",
+    )
+    createdAt = serializers.DateTimeField()
+    updatedAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+    durationSeconds = serializers.FloatField(allow_null=True)
+    worker = serializers.CharField(allow_null=True, help_text="the worker process that took the job")
+
+
+@extend_schema_serializer(component_name="JobList")
+class JobListOutput(serializers.Serializer):
+    count = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    results = JobOutput(many=True)
+
+
+def _error(description: str, schema: str = "Error") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _logs_operation() -> dict:
+    text = {"schema": {"type": "string"}}
+    return {
+        "operationId": "jobs_logs_retrieve",
+        "summary": "The job's log: by byte offset, followed live, or as Server-Sent Events",
+        "description": (
+            "Without `follow`: the bytes from `offset` to the end of the log at the time of the request, "
+            "with `X-Log-Offset` = the next offset to ask for.\n\n"
+            "`follow=true`: the bytes from `offset` as the build writes them, until the job is final.\n\n"
+            "`Accept: text/event-stream`: the same as Server-Sent Events. Each event's data is one or more "
+            "whole log lines (split on newlines) and its `id` is the byte offset after them; reconnect "
+            "with `Last-Event-ID` to resume with the next byte. The last event is `event: end` whose "
+            'data is `{"status": ..., "offset": ...}`. Comment lines keep an idle stream open.'
+        ),
+        "tags": ["jobs"],
+        "security": [{SECURITY_SCHEME: []}],
+        "parameters": [
+            {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the job's id"},
+            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0},
+             "description": "the byte offset to start at"},
+            {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False},
+             "description": "keep the response open and stream new bytes until the job is final"},
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0},
+             "description": "with text/event-stream: resume after this byte offset (wins over offset)"},
+        ],
+        "responses": {
+            "200": {
+                "description": "the log",
+                "headers": {
+                    "X-Log-Offset": {"schema": {"type": "integer"},
+                                     "description": "without follow: the offset after the returned bytes"},
+                    "X-Log-Start": {"schema": {"type": "integer"},
+                                    "description": "with follow or events: the offset the stream starts at"},
+                },
+                "content": {"text/plain": text, "text/event-stream": text},
+            },
+            "400": _error("a parameter is not valid"),
+            "401": _error("missing or wrong token"),
+            "404": _error("JOB_NOT_FOUND, or BUILD_LOG_NOT_FOUND when the job has no log"),
+        },
+    }
+
+
+def add_plain_django_endpoints(result, generator, request, public):
+    """drf-spectacular postprocessing hook: documents the plain Django views."""
+    paths = result.setdefault("paths", {})
+    paths["/api/v1/jobs/{job_id}/logs"] = {"get": _logs_operation()}
+    paths["/healthz"] = {"get": {
+        "operationId": "healthz", "summary": "Liveness", "tags": ["health"], "security": [],
+        "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    }}
+    readiness = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
+                 "required": ["status"], "additionalProperties": {"type": "string"}}
+    paths["/readyz"] = {"get": {
+        "operationId": "readyz", "summary": "Readiness: database, broker, buildkitd and registry",
+        "tags": ["health"], "security": [],
+        "responses": {
+            "200": {"description": "every check is ok", "content": {"application/json": {"schema": readiness}}},
+            "503": {"description": "a check failed", "content": {"application/json": {"schema": readiness}}},
+        },
+    }}
+    paths["/metrics"] = {"get": {
+        "operationId": "metrics", "summary": "Prometheus metrics (text exposition format); no token needed",
+        "tags": ["health"], "security": [],
+        "responses": {"200": {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    }}
+    result["paths"] = dict(sorted(paths.items()))
+    return result

@@ -1,0 +1,102 @@
+"""Prometheus metrics, computed from the database at scrape time.
+
+The web process has no in-memory view of the workers (they may run on other hosts), so every
+number here is read from the tables all processes share: any web process answers the same.
+Counters derived from rows (finished builds, callback attempts) only grow while rows are
+kept; deleting old rows looks to Prometheus like a counter reset, which rate() handles.
+"""
+
+from datetime import timedelta
+
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
+from django.utils import timezone
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from builds import errors
+from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, Status
+
+DURATION_BUCKETS_SECONDS = (5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600)
+
+
+def _jobs_by_status() -> dict[str, int]:
+    counts = dict.fromkeys(Status.values, 0)
+    for status, count in Job.objects.values_list("status").annotate(n=Count("pk")).order_by():
+        counts[status] = count
+    return counts
+
+
+def _duration_histogram() -> HistogramMetricFamily:
+    """Time from a job's first start to its end (retries included), by final status."""
+    histogram = HistogramMetricFamily(
+        "hubfly_build_duration_seconds",
+        "Duration of finished builds from first start to end, by final status",
+        labels=["status"],
+    )
+    duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+    buckets = {f"le_{i}": Count("pk", filter=Q(d__lte=timedelta(seconds=b))) for i, b in enumerate(DURATION_BUCKETS_SECONDS)}
+    rows = {
+        row["status"]: row
+        for row in Job.objects.filter(status__in=FINAL_STATUSES, started_at__isnull=False, finished_at__isnull=False)
+        .annotate(d=duration)
+        .values("status")
+        .annotate(total=Count("pk"), sum=Sum("d"), **buckets)
+        .order_by()
+    }
+    for status in FINAL_STATUSES:
+        row = rows.get(status, {})
+        total = row.get("total", 0)
+        cumulative = [(str(float(b)), row.get(f"le_{i}", 0)) for i, b in enumerate(DURATION_BUCKETS_SECONDS)]
+        seconds = row["sum"].total_seconds() if row.get("sum") else 0.0
+        histogram.add_metric([status], cumulative + [("+Inf", total)], seconds)
+    return histogram
+
+
+class DatabaseCollector:
+    def collect(self):
+        by_status = _jobs_by_status()
+        jobs = GaugeMetricFamily("hubfly_jobs", "Jobs in the database, by status", labels=["status"])
+        for status, count in by_status.items():
+            jobs.add_metric([status], count)
+        yield jobs
+        yield GaugeMetricFamily("hubfly_queue_depth", "Jobs waiting for a worker (pending)",
+                                value=by_status[Status.PENDING])
+        yield GaugeMetricFamily("hubfly_builds_running", "Jobs claimed or building, on all workers",
+                                value=sum(by_status[s] for s in ACTIVE_STATUSES))
+        oldest = Job.objects.filter(status=Status.PENDING).aggregate(at=Min("created_at"))["at"]
+        yield GaugeMetricFamily("hubfly_oldest_pending_job_age_seconds", "Age of the oldest pending job (0 if none)",
+                                value=(timezone.now() - oldest).total_seconds() if oldest else 0.0)
+        yield _duration_histogram()
+
+        # Callback deliveries: every attempt is a CallbackAttempt row.
+        failed = Q(http_status__isnull=True) | Q(http_status__lt=200) | Q(http_status__gte=300)
+        attempts = CallbackAttempt.objects.aggregate(total=Count("pk"), failed=Count("pk", filter=failed))
+        yield CounterMetricFamily("hubfly_callback_attempts", "Callback delivery attempts", value=attempts["total"])
+        yield CounterMetricFamily("hubfly_callback_delivery_failures",
+                                  "Callback delivery attempts that failed (network error or non-2xx answer)",
+                                  value=attempts["failed"])
+        events = GaugeMetricFamily("hubfly_callback_events", "Callback events, by delivery state", labels=["state"])
+        event_counts = dict(CallbackEvent.objects.values_list("state").annotate(n=Count("pk")).order_by())
+        for state in CallbackEvent.State.values:
+            events.add_metric([state], event_counts.get(state, 0))
+        yield events
+
+        # The reaper marks the jobs it takes back with errorCode WORKER_LOST: pending ones wait
+        # for another attempt, failed ones had no retries left.
+        taken_back = GaugeMetricFamily(
+            "hubfly_reaper_jobs", "Jobs the reaper took back from a lost worker (errorCode WORKER_LOST), by status",
+            labels=["status"],
+        )
+        lost = dict(Job.objects.filter(error_code=errors.WORKER_LOST).values_list("status").annotate(n=Count("pk")).order_by())
+        for status in (Status.PENDING, Status.FAILED):
+            taken_back.add_metric([status], lost.get(status, 0))
+        yield taken_back
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format 0.0.4 (which every Prometheus reads), and its
+    content type."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector())
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4

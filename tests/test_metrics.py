@@ -1,0 +1,93 @@
+"""/metrics (issue 4 item 5): Prometheus text computed from the database, so the real web
+process reports jobs, queue, running builds, durations, callback failures and reaper marks
+written by other processes."""
+
+import time
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from builds.models import CallbackAttempt, CallbackEvent, Job
+from tests.conftest import TEST_ROOT
+from tests.support.jobs import new_id
+from tests.support.webserver import WebServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def web(django_db_setup):
+    server = WebServer(TEST_ROOT / "log" / f"web-metrics-{time.time_ns()}.log")
+    yield server
+    server.stop()
+
+
+def job(status: str, *, seconds: float | None = None, error_code: str = "") -> Job:
+    now = timezone.now()
+    started = now - timedelta(seconds=seconds) if seconds is not None else None
+    return Job.objects.create(
+        id=new_id("metrics"), project_id="p", user_id="u", source_info={}, request_fingerprint="-", status=status,
+        started_at=started, finished_at=now if seconds is not None else None, error_code=error_code,
+    )
+
+
+def scrape(web) -> dict:
+    response = httpx.get(f"{web.url}/metrics", timeout=10)  # no token: like /healthz
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_report_jobs_queue_running_and_durations(web):
+    Job.objects.all().delete()
+    for status in ("pending", "pending", "pending", "claimed", "building", "canceled"):
+        job(status)
+    for seconds in (3, 20, 20, 700):
+        job("success", seconds=seconds)
+    job("failed", seconds=40)
+    job("failed", seconds=5000, error_code="WORKER_LOST")
+    job("pending", error_code="WORKER_LOST")
+
+    m = scrape(web)
+    assert m[("hubfly_jobs", (("status", "pending"),))] == 4
+    assert m[("hubfly_jobs", (("status", "success"),))] == 4
+    assert m[("hubfly_queue_depth", ())] == 4
+    assert m[("hubfly_builds_running", ())] == 2
+    assert m[("hubfly_oldest_pending_job_age_seconds", ())] >= 0
+
+    def bucket(status, le):
+        return m[("hubfly_build_duration_seconds_bucket", (("le", le), ("status", status)))]
+
+    assert bucket("success", "5.0") == 1
+    assert bucket("success", "30.0") == 3
+    assert bucket("success", "600.0") == 3
+    assert bucket("success", "900.0") == 4
+    assert bucket("success", "+Inf") == 4
+    assert m[("hubfly_build_duration_seconds_count", (("status", "success"),))] == 4
+    assert m[("hubfly_build_duration_seconds_sum", (("status", "success"),))] == pytest.approx(743, abs=1)
+    assert bucket("failed", "3600.0") == 1 and bucket("failed", "+Inf") == 2
+    assert m[("hubfly_reaper_jobs", (("status", "failed"),))] == 1
+    assert m[("hubfly_reaper_jobs", (("status", "pending"),))] == 1
+
+
+def test_metrics_count_failed_callback_deliveries(web):
+    target = job("success", seconds=1)
+    event = CallbackEvent.objects.create(id=uuid.uuid4(), job=target, url="http://127.0.0.1:9/hook", body="{}",
+                                         next_attempt_at=timezone.now(), attempts=3)
+    for status, error in ((None, "ConnectionRefusedError"), (500, "HTTP 500"), (204, "")):
+        CallbackAttempt.objects.create(event=event, http_status=status, error=error)
+    CallbackEvent.objects.filter(pk=event.pk).update(state=CallbackEvent.State.DELIVERED)
+
+    m = scrape(web)
+    assert m[("hubfly_callback_attempts_total", ())] == 3
+    assert m[("hubfly_callback_delivery_failures_total", ())] == 2
+    assert m[("hubfly_callback_events", (("state", "delivered"),))] == 1
+    assert m[("hubfly_callback_events", (("state", "gave_up"),))] == 0

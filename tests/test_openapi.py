@@ -1,0 +1,185 @@
+"""The OpenAPI schema (issue 4 item 4): it validates, it is served with an offline docs page, and
+real responses of the real web process match it (openapi-core validates each exchange)."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from openapi_core import Config, OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+
+from builds.models import Job
+from builds.services import logs
+from tests.conftest import API_TOKEN, REPO_ROOT, TEST_ROOT
+from tests.support.browser import chromium
+from tests.support.jobs import new_id
+from tests.support.webserver import WebServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+REPO = "http://127.0.0.1:9/app.git"
+
+
+@pytest.fixture(scope="module")
+def web(django_db_setup):
+    server = WebServer(TEST_ROOT / "log" / f"web-openapi-{time.time_ns()}.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def spec(web):
+    response = httpx.get(f"{web.url}/api/schema/?format=json", timeout=30)
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_schema_validates_without_warnings():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "spectacular", "--validate", "--fail-on-warn", "--file", str(TEST_ROOT / "openapi.yaml")],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "/api/v1/jobs/{job_id}/logs" in (TEST_ROOT / "openapi.yaml").read_text()
+
+
+def test_job_progress_is_documented(spec):
+    job = spec["components"]["schemas"]["Job"]
+    assert "progress" in job["required"]
+    assert spec["components"]["schemas"]["Progress"]["properties"].keys() == {"step", "total", "name"}
+
+
+class Exchanges:
+    """Sends real requests to the web process and validates request and response with openapi-core."""
+
+    def __init__(self, web, spec):
+        self.web, self.spec = web, spec
+        # Server-Sent Events are text; openapi-core knows no deserializer for them.
+        config = Config(extra_media_type_deserializers={"text/event-stream": lambda data, **_: data.decode()})
+        self.openapi = OpenAPI.from_dict(spec, config=config)
+        self.checked: list[tuple[str, str, int]] = []
+
+    def __call__(self, method: str, path: str, *, body=None, raw: bytes | None = None, headers=None, params=None,
+                 expect: int, check_request: bool = False) -> httpx.Response:
+        headers = {**AUTH, **(headers or {})}
+        content = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if content is not None:
+            headers.setdefault("Content-Type", "application/json")
+        response = httpx.request(method, self.web.url + path, content=content, headers=headers, params=params, timeout=30)
+        assert response.status_code == expect, (method, path, response.status_code, response.text)
+        request = MockRequest(
+            self.web.url, method, path, args=params or {}, headers=headers, data=content,
+            content_type=headers.get("Content-Type", "application/json"),
+        )
+        if check_request:
+            self.openapi.validate_request(request)
+        content_type = response.headers.get("content-type", "").split(";")[0]
+        self.openapi.validate_response(
+            request, MockResponse(response.content, response.status_code, dict(response.headers), content_type)
+        )
+        if content_type == "application/json":
+            self._check_job_keys(response.json())
+        self.checked.append((method, path, response.status_code))
+        return response
+
+    def _check_job_keys(self, data) -> None:
+        """Both ways: no field the schema lacks, no documented field missing."""
+        documented = set(self.spec["components"]["schemas"]["Job"]["properties"])
+        jobs = data if isinstance(data, list) else data.get("results", [data] if "logPath" in data else [])
+        for job in jobs:
+            assert set(job) == documented, set(job) ^ documented
+
+
+def job_body(job_id: str, **overrides) -> dict:
+    return {"id": job_id, "projectId": "proj", "userId": "user", "sourceType": "git",
+            "sourceInfo": {"gitRepository": REPO, "ref": "main"},
+            "buildConfig": {"timeoutSeconds": 60, "env": {"A": "1", "KEY": "s3cret"}, "secrets": ["KEY"],
+                            "resourceLimits": {"cpu": 0.5, "memoryMB": 256}, "exposePort": 8080}, **overrides}
+
+
+def test_real_responses_match_the_schema(web, spec):
+    call = Exchanges(web, spec)
+    job_id = new_id("schema")
+
+    created = call("POST", "/api/v1/jobs", body=job_body(job_id), expect=201, check_request=True).json()
+    assert created["buildConfig"]["env"]["KEY"] == "***"
+    call("POST", "/api/v1/jobs", body=job_body(job_id), expect=200, check_request=True)
+    call("POST", "/api/v1/jobs", body=job_body(job_id, projectId="other"), expect=409)
+    call("POST", "/api/v1/jobs", body=job_body(new_id(), sourceInfo={"gitRepository": "file:///etc"}), expect=400)
+    call("POST", "/api/v1/jobs", raw=b"{not json", expect=400)
+    call("POST", "/api/v1/jobs", raw=json.dumps(job_body(new_id(), buildConfig={"env": {"B": "x" * (2 << 20)}})).encode(),
+         expect=413)
+
+    call("GET", "/api/v1/jobs", params={"status": "pending", "projectId": "proj"}, expect=200)
+    call("GET", "/api/v1/jobs", params={"limit": "1", "offset": "0"}, expect=200)
+    call("GET", "/api/v1/jobs", params={"status": "bogus"}, expect=400)
+    call("GET", "/api/v1/jobs", headers={"Authorization": "Bearer wrong"}, expect=401)
+    call("GET", f"/api/v1/jobs/{job_id}", expect=200)
+    call("GET", "/api/v1/jobs/no-such-job", expect=404)
+
+    call("GET", f"/api/v1/jobs/{job_id}/logs", expect=200)
+    call("GET", f"/api/v1/jobs/{job_id}/logs", params={"offset": "5"}, expect=200)
+    call("GET", "/api/v1/jobs/no-such-job/logs", expect=404)
+    call("GET", f"/api/v1/jobs/{job_id}/logs", params={"offset": "x"}, expect=400)
+
+    call("GET", "/dev/running-builds", expect=200)
+    # A worker of another test module may have taken the job already: cancel whatever state it is in.
+    Job.objects.filter(pk=job_id).update(status="pending")
+    call("POST", f"/api/v1/jobs/{job_id}/cancel", expect=202)
+    call("POST", f"/api/v1/jobs/{job_id}/cancel", expect=409)
+    call("POST", "/api/v1/jobs/no-such-job/cancel", expect=404)
+    call("GET", f"/api/v1/jobs/{job_id}/logs", params={"follow": "true"}, expect=200)
+    events = call("GET", f"/api/v1/jobs/{job_id}/logs", headers={"Accept": "text/event-stream"}, expect=200)
+    assert "event: end" in events.text
+
+    # A job with every output field set, progress included.
+    running = new_id("running")
+    Job.objects.create(
+        id=running, project_id="p", user_id="u", source_info={"gitRepository": "https://user:pw@example.com/r.git"},
+        build_config={"runtime": "node", "version": "20"}, request_fingerprint="-", status="building",
+        worker="host:1", commit_sha="a" * 40, image_tag="reg/u/p:x", progress={"step": 3, "total": 7, "name": "RUN npm run build"},
+    )
+    logs.append_text(running, "building")
+    shown = call("GET", f"/api/v1/jobs/{running}", expect=200).json()
+    assert shown["progress"] == {"step": 3, "total": 7, "name": "RUN npm run build"}
+    assert "pw" not in shown["sourceInfo"]["gitRepository"]
+    Job.objects.filter(pk=running).update(progress={"step": None, "total": None, "name": "exporting to image"})
+    call("GET", "/dev/running-builds", expect=200)
+    Job.objects.filter(pk=running).update(status="success")
+
+    for path in ("/healthz", "/metrics"):
+        call("GET", path, expect=200)
+    ready = httpx.get(web.url + "/readyz", timeout=30)
+    call("GET", "/readyz", expect=ready.status_code)
+    assert len(call.checked) >= 25
+
+
+def test_docs_page_works_offline(web):
+    """Every asset of /api/docs/ comes from this server; with all other hosts blocked the page
+    renders the API's operations in a real browser."""
+    html = httpx.get(f"{web.url}/api/docs/", timeout=30).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and not [a for a in assets if urlsplit(a).netloc]
+    for asset in assets:
+        assert httpx.get(web.url + asset, timeout=30).status_code == 200, asset
+    outside = []
+    with chromium() as browser:
+        page = browser.new_page()
+
+        def only_local(route):
+            if urlsplit(route.request.url).hostname == "127.0.0.1":
+                return route.continue_()
+            outside.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", only_local)
+        page.goto(f"{web.url}/api/docs/")
+        page.locator(".opblock-summary-path", has_text="/api/v1/jobs/{job_id}/logs").first.wait_for(timeout=30000)
+        assert page.locator(".opblock").count() >= 8
+    assert outside == []
