@@ -127,3 +127,14 @@ class CallbackAttempt(models.Model):
 
     class Meta:
         ordering = ["at"]
+
+
+class ServiceCounter(models.Model):
+    """Monotonic counters of things the service did (e.g. reaper actions), shared by every
+    process through the database, for /metrics."""
+
+    name = models.CharField(primary_key=True, max_length=100)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.name}={self.value}"

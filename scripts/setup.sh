@@ -13,7 +13,7 @@ sudo=""
 needs="git:git runc:runc docker-registry:docker-registry curl:curl"
 # Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis, and
 # drive the admin in a headless browser.
-[ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium \
+[ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium fc-list:fonts-dejavu-core \
   /usr/lib/postgresql/15/bin/postgres:postgresql"
 missing=()
 for pair in $needs; do

@@ -11,7 +11,8 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from builds.models import CallbackAttempt, CallbackEvent, Job
+from builds.models import CallbackAttempt, CallbackEvent, Job, ServiceCounter
+from builds.services import reaper
 from tests.conftest import TEST_ROOT
 from tests.support.jobs import new_id
 from tests.support.webserver import WebServer
@@ -74,8 +75,7 @@ def test_metrics_report_jobs_queue_running_and_durations(web):
     assert m[("hubfly_build_duration_seconds_count", (("status", "success"),))] == 4
     assert m[("hubfly_build_duration_seconds_sum", (("status", "success"),))] == pytest.approx(743, abs=1)
     assert bucket("failed", "3600.0") == 1 and bucket("failed", "+Inf") == 2
-    assert m[("hubfly_reaper_jobs", (("status", "failed"),))] == 1
-    assert m[("hubfly_reaper_jobs", (("status", "pending"),))] == 1
+    assert m[("hubfly_reaper_actions_total", (("action", "requeued"),))] == 0
 
 
 def test_metrics_count_failed_callback_deliveries(web):
@@ -91,3 +91,14 @@ def test_metrics_count_failed_callback_deliveries(web):
     assert m[("hubfly_callback_delivery_failures_total", ())] == 2
     assert m[("hubfly_callback_events", (("state", "delivered"),))] == 1
     assert m[("hubfly_callback_events", (("state", "gave_up"),))] == 0
+
+
+def test_metrics_count_reaper_actions(web):
+    stale = timezone.now() - timedelta(hours=1)
+    job_id = new_id("lost")
+    Job.objects.create(id=job_id, project_id="p", user_id="u", source_info={"gitRepository": "http://127.0.0.1:9/x"},
+                       request_fingerprint="x", status="building", lease=uuid.uuid4(), worker="gone:1",
+                       heartbeat_at=stale)
+    before = ServiceCounter.objects.filter(pk="reaper_requeued").values_list("value", flat=True).first() or 0
+    reaper.reap()
+    assert scrape(web)[("hubfly_reaper_actions_total", (("action", "requeued"),))] == before + 1

@@ -142,8 +142,13 @@ def log_end(job_id: str) -> int:
 def read_from(job_id: str, offset: int, end: int) -> Iterator[bytes]:
     """Yield the log bytes in [offset, end), one chunk at a time, with a marker for gaps."""
     position = offset
+    # Start at the chunk holding `offset` (found through the (job, offset) index), not at 0.
+    first = (
+        LogChunk.objects.filter(job_id=job_id, offset__lte=offset).order_by("-offset").values_list("offset", flat=True)
+        .first()
+    )
     chunks = (
-        LogChunk.objects.filter(job_id=job_id, offset__lt=end)
+        LogChunk.objects.filter(job_id=job_id, offset__gte=first or 0, offset__lt=end)
         .order_by("offset")
         .values_list("offset", "data")
     )

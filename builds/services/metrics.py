@@ -14,8 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from builds import errors
-from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, Status
+from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, ServiceCounter, Status
 
 DURATION_BUCKETS_SECONDS = (5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
@@ -82,16 +81,12 @@ class DatabaseCollector:
             events.add_metric([state], event_counts.get(state, 0))
         yield events
 
-        # The reaper marks the jobs it takes back with errorCode WORKER_LOST: pending ones wait
-        # for another attempt, failed ones had no retries left.
-        taken_back = GaugeMetricFamily(
-            "hubfly_reaper_jobs", "Jobs the reaper took back from a lost worker (errorCode WORKER_LOST), by status",
-            labels=["status"],
-        )
-        lost = dict(Job.objects.filter(error_code=errors.WORKER_LOST).values_list("status").annotate(n=Count("pk")).order_by())
-        for status in (Status.PENDING, Status.FAILED):
-            taken_back.add_metric([status], lost.get(status, 0))
-        yield taken_back
+        reaper = CounterMetricFamily("hubfly_reaper_actions", "Jobs the reaper acted on, by action",
+                                     labels=["action"])
+        counted = dict(ServiceCounter.objects.filter(name__startswith="reaper_").values_list("name", "value"))
+        for action in ("requeued", "failed", "canceled", "resent"):
+            reaper.add_metric([action], counted.get(f"reaper_{action}", 0))
+        yield reaper
 
 
 def render() -> tuple[bytes, str]:

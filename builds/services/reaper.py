@@ -11,12 +11,12 @@ import os
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from builds import errors
-from builds.models import ACTIVE_STATUSES, Job, Status
+from builds.models import ACTIVE_STATUSES, Job, ServiceCounter, Status
 from builds.services import dispatch, lifecycle, logs
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,20 @@ def reap(*, batch: int = 100) -> dict[str, int]:
             counts["resent"] += 1
     if any(counts.values()):
         log.info("reaper: %s", counts)
+        for action, count in counts.items():
+            if count:
+                count_action(action, count)
     return counts
+
+
+def count_action(action: str, count: int = 1) -> None:
+    name = f"reaper_{action}"
+    if not ServiceCounter.objects.filter(pk=name).update(value=F("value") + count):
+        try:
+            with transaction.atomic():
+                ServiceCounter.objects.create(name=name, value=count)
+        except IntegrityError:  # created meanwhile by another reaper
+            ServiceCounter.objects.filter(pk=name).update(value=F("value") + count)
 
 
 def take_back(job: Job, *, reason: str) -> str:
@@ -78,7 +91,7 @@ def reap_dead_local_workers() -> int:
     for job in Job.objects.filter(status__in=ACTIVE_STATUSES, worker__startswith=prefix):
         pid = job.worker[len(prefix):]
         if pid.isdigit() and not _alive(int(pid)):
-            take_back(job, reason=f"worker process {job.worker} is gone")
+            count_action(take_back(job, reason=f"worker process {job.worker} is gone"))
             taken += 1
     return taken
 
