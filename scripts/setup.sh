@@ -13,12 +13,15 @@ sudo=""
 needs="git:git runc:runc docker-registry:docker-registry curl:curl"
 # Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis, and
 # drive the admin in a headless browser.
-[ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium fc-list:fonts-dejavu-core \
+[ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
   /usr/lib/postgresql/15/bin/postgres:postgresql"
 missing=()
 for pair in $needs; do
   binary=${pair%:*} package=${pair##*:}
-  command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || missing+=("$package")
+  case "$binary" in
+    /*) [ -e "$binary" ] || missing+=("$package") ;;
+    *) command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || missing+=("$package") ;;
+  esac
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
