@@ -4,7 +4,7 @@ Repository components are lower-cased and reduced to the characters a registry a
 (`[a-z0-9]` separated by single `.`, `_` or `-`). The tag is the job id, which is already
 limited to `[A-Za-z0-9._-]{1,128}`; an id starting with `.` or `-` gets a `job` prefix, since a
 tag must start with a letter, digit or `_`. Each project's registry build cache lives at
-`<REGISTRY_URL>/<userId>/<projectId>:buildcache`.
+`<REGISTRY_URL>/<userId>/<projectId>/buildcache:latest`.
 """
 
 import hashlib
@@ -33,7 +33,9 @@ def image_name(user_id: str, project_id: str, job_id: str) -> str:
 
 
 def cache_ref(user_id: str, project_id: str) -> str:
-    return f"{image_repository(user_id, project_id)}:buildcache"
+    # Its own repository: exporting the cache into the image's repository while the image is
+    # pushed there made both upload the same layer at once ("provided digest did not match").
+    return f"{image_repository(user_id, project_id)}/buildcache:latest"
 
 
 def workspace_name(job_id: str, lease_hex: str) -> str:
