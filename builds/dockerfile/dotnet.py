@@ -59,8 +59,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
 
     df.stage(recipe.images["run"])
     df.create_user()
+    df.copy("/src/out/", "/app/", from_stage="build", chown=True)  # before WORKDIR: see node.render
     df.workdir("/app")
-    df.copy("/src/out/", "/app/", from_stage="build", chown=True)
     df.env(PORT=recipe.port, ASPNETCORE_HTTP_PORTS=recipe.port, DOTNET_CLI_TELEMETRY_OPTOUT="1")
     df.user().expose(recipe.port)
     if recipe.run:

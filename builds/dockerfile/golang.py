@@ -90,9 +90,9 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     df.stage(recipe.images["run"])
     df.create_user()
     df.copy("/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-certificates.crt", from_stage="build")
-    df.workdir("/app")
     # The whole tree, not just the binary: many Go servers read templates and assets at run time.
-    df.copy("/app", "/app", from_stage="build", chown=True)
+    df.copy("/app", "/app", from_stage="build", chown=True)  # before WORKDIR: see node.render
+    df.workdir("/app")
     df.env(PORT=recipe.port)
     df.user().expose(recipe.port)
     if recipe.run:

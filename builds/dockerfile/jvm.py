@@ -85,8 +85,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
 
     df.stage(recipe.images["run"])
     df.create_user()
+    df.copy("/out/", "/app/", from_stage="build", chown=True)  # before WORKDIR: see node.render
     df.workdir("/app")
-    df.copy("/out/", "/app/", from_stage="build", chown=True)
     df.env(PORT=recipe.port, SERVER_PORT=recipe.port, JAVA_TOOL_OPTIONS="-XX:MaxRAMPercentage=75.0")
     df.user().expose(recipe.port)
     if recipe.run:

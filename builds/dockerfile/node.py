@@ -324,9 +324,11 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
         if pm in ("pnpm", "yarn-berry", "yarn"):  # the tool the build stage downloaded, offline
             df.copy("/opt/corepack", "/opt/corepack", from_stage="build", chown=True)
         df.run("corepack enable")
-    df.workdir(workdir)
     df.env(NODE_ENV="production", HOST="0.0.0.0", PORT=recipe.port)
+    # Copied before WORKDIR: a directory WORKDIR made stays root's even under COPY --chown,
+    # and the app may write beside its files (caches, uploads, Vite's config bundle).
     df.copy("/app", "/app", from_stage="build", chown=True)
+    df.workdir(workdir)
     df.user().expose(recipe.port)
     if recipe.run:
         df.start(recipe.run)

@@ -115,11 +115,12 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     if pecl:
         df.run(f"pecl install {' '.join(pecl)} && docker-php-ext-enable {' '.join(pecl)} && rm -rf /tmp/pear")
     df.run(_APACHE_SETUP.format(port=recipe.port, docroot=docroot))
-    df.workdir("/app")
+    # Copied before WORKDIR: a directory WORKDIR made stays root's even under COPY --chown.
     if recipe.install or recipe.build:
         df.raw("COPY --from=build --chown=www-data:www-data /app /app")
     else:
         df.raw("COPY --chown=www-data:www-data --exclude=.git . /app")
+    df.workdir("/app")
     df.env(PORT=recipe.port, APP_ENV="prod" if recipe.framework == "symfony" else "production")
     df.raw("USER www-data")
     df.expose(recipe.port)

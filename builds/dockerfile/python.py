@@ -249,9 +249,9 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
         df.run(_apt(run_packages))
     df.create_user()
     df.env(PYTHONUNBUFFERED="1", **_ENV, PORT=recipe.port)
-    df.workdir("/app")
     df.copy("/opt/venv", "/opt/venv", from_stage="build")
-    df.copy("/app", "/app", from_stage="build", chown=True)
+    df.copy("/app", "/app", from_stage="build", chown=True)  # before WORKDIR: see node.render
+    df.workdir("/app")
     df.user().expose(recipe.port)
     if recipe.run:
         df.start(recipe.run)

@@ -78,9 +78,9 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     df.create_user()
     df.env(**bundle_env, RAILS_ENV="production", RACK_ENV="production", RAILS_LOG_TO_STDOUT="1",
            RAILS_SERVE_STATIC_FILES="1", PORT=recipe.port)
-    df.workdir("/app")
     df.copy("/usr/local/bundle", "/usr/local/bundle", from_stage="build")
-    df.copy("/app", "/app", from_stage="build", chown=True)
+    df.copy("/app", "/app", from_stage="build", chown=True)  # before WORKDIR: see node.render
+    df.workdir("/app")
     df.user().expose(recipe.port)
     if recipe.run:
         df.start(recipe.run)

@@ -85,8 +85,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
         df.run("apt-get update && apt-get install -y --no-install-recommends libssl3 && rm -rf /var/lib/apt/lists/*")
     df.create_user()
     df.copy("/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-certificates.crt", from_stage="build")
+    df.copy("/app", "/app", from_stage="build", chown=True)  # before WORKDIR: see node.render
     df.workdir("/app")
-    df.copy("/app", "/app", from_stage="build", chown=True)
     env = {"PORT": recipe.port}
     if recipe.framework == "rocket":
         env.update(ROCKET_ADDRESS="0.0.0.0", ROCKET_PORT=recipe.port)

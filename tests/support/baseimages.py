@@ -6,9 +6,12 @@ registry. Layers are cached under a directory keyed by a hash of their inputs, s
 re-pushes (or finds the registry already up to date).
 
 The images are honest about their versions but not copies of the official ones; what differs is
-said in each recipe. The host's apt sources/config and TLS CA bundle are copied in at build time
-(read from the host, never stored in the repository) so RUN steps reach the same package
-registries this machine does.
+said in each recipe. An image whose upstream tag names a version that Debian or a registry does
+not ship (nginx 1.28, Temurin JDKs) is not faked: what Debian has is pushed under a
+`hubfly-test/` name saying what it is, and runtimes_for_tests() points a test copy of
+configs/runtimes.json at it. The host's apt sources/config and TLS CA bundle are copied in at
+build time (read from the host, never stored in the repository) so RUN steps reach the same
+package registries this machine does.
 """
 
 import contextlib
@@ -37,6 +40,8 @@ NODE_VERSION = "20.20.2"
 NPM_VERSION = "10.8.2"
 COREPACK_VERSION = "0.34.7"
 GO_VERSION = "1.23.12"
+GO_1_24_VERSION = "1.24.13"  # configs/runtimes.json's default Go line
+BUN_VERSION = "1.2.23"
 FRONTEND_BINARY = Path("/usr/local/lib/hubfly/dockerfile-frontend")
 # The labels BuildKit's own frontend image carries (frontend/dockerfile/cmd/dockerfile-frontend/Dockerfile).
 FRONTEND_LABELS = {
@@ -76,7 +81,20 @@ REFERENCES = {
     "node": ("library/node", ("20-bookworm-slim", f"{NODE_VERSION}-bookworm-slim", "20")),
     "python": ("library/python", ("3.11-slim-bookworm", "3.11-slim")),
     "golang": ("library/golang", ("1.23-bookworm", f"{GO_VERSION}-bookworm", "1.23")),
+    "golang-1.24": ("library/golang", ("1.24-bookworm", f"{GO_1_24_VERSION}-bookworm", "1.24")),
+    "bun": ("oven/bun", ("1.2", BUN_VERSION, "1.2-debian")),
+    "bun-slim": ("oven/bun", ("1.2-slim", f"{BUN_VERSION}-slim")),
+    # Debian's nginx is 1.22; configs/runtimes.json wants 1.28 (see runtimes_for_tests).
+    "nginx": ("hubfly-test/nginx", ("1.22-bookworm",)),
+    "php-apache": ("library/php", ("8.2-apache-bookworm", "8.2-apache")),
+    "composer": ("library/composer", ("2", "2.5")),
+    # Debian's OpenJDK and Maven 3.8, not Temurin and Maven 3.9 (see runtimes_for_tests).
+    "maven": ("hubfly-test/maven", ("3.8-openjdk-17-bookworm",)),
+    "openjdk-jre": ("hubfly-test/openjdk", ("17-jre-bookworm",)),
+    "rust": ("library/rust", ("1.85-bookworm", "1.85")),
 }
+# Images made by a Dockerfile on BuildKit (apt-get inside a RUN step) rather than packed here.
+BUILT_WITH_BUILDKIT = {"python", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
 
 
 class BaseImageError(RuntimeError):
@@ -98,15 +116,15 @@ def ensure_base_images(
     unknown = set(images) - set(REFERENCES)
     if unknown:
         raise ValueError(f"unknown base images: {sorted(unknown)}")
-    if "python" in images and buildkit_addr is None:
-        raise ValueError("the python image is built with BuildKit: pass buildkit_addr")
+    if set(images) & BUILT_WITH_BUILDKIT and buildkit_addr is None:
+        raise ValueError(f"{sorted(set(images) & BUILT_WITH_BUILDKIT)} are built with BuildKit: pass buildkit_addr")
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     pushed: dict[str, str] = {}
     # One process at a time per cache: pytest-xdist workers would otherwise debootstrap in parallel.
     with _locked(cache_dir / ".lock"):
         debian_layer = None
-        if set(images) & {"debian", "node", "python", "golang"}:
+        if set(images) - {"dockerfile-frontend"}:
             debian_layer = _debian_layer(cache_dir)
             _push(registry_addr, "debian", _image_config([debian_layer], cmd=["bash"]), [debian_layer])
             pushed["debian"] = _reference(registry_addr, "debian")
@@ -119,10 +137,33 @@ def ensure_base_images(
         if "golang" in images:
             _push_golang(registry_addr, cache_dir, debian_layer)
             pushed["golang"] = _reference(registry_addr, "golang")
-        if "python" in images:
-            _push_python(registry_addr, cache_dir, buildkit_addr)
-            pushed["python"] = _reference(registry_addr, "python")
+        if "golang-1.24" in images:
+            _push_golang(registry_addr, cache_dir, debian_layer, GO_1_24_VERSION, "golang-1.24")
+            pushed["golang-1.24"] = _reference(registry_addr, "golang-1.24")
+        for name in ("bun", "bun-slim"):
+            if name in images:
+                _push_bun(registry_addr, cache_dir, debian_layer, name)
+                pushed[name] = _reference(registry_addr, name)
+        for name in sorted(BUILT_WITH_BUILDKIT & set(images)):
+            _push_built(registry_addr, cache_dir, buildkit_addr, name)
+            pushed[name] = _reference(registry_addr, name)
     return {name: pushed[name] for name in images}
+
+
+def runtimes_for_tests(upstream: dict) -> dict:
+    """configs/runtimes.json (as loaded) with the entries whose images cannot be made honestly
+    here pointed at the hubfly-test/ images that stand in for them; every other entry keeps
+    the upstream image names, which the images above provide under those very names."""
+    runtimes = json.loads(json.dumps(upstream))
+    runtimes["_comment"] = "Generated for the tests from configs/runtimes.json by tests/support/baseimages.py."
+    runtimes["static"] = {**runtimes["static"], "default": "1.22",
+                          "versions": {"1.22": {"run": "hubfly-test/nginx:1.22-bookworm"}}}
+    runtimes["java"] = {**runtimes["java"], "default": "17", "versions": {"17": {
+        "maven": "hubfly-test/maven:3.8-openjdk-17-bookworm",
+        "gradle": "hubfly-test/gradle-not-made-locally:8-jdk17",
+        "run": "hubfly-test/openjdk:17-jre-bookworm",
+    }}}
+    return runtimes
 
 
 def _reference(registry_addr: str, name: str) -> str:
@@ -526,10 +567,12 @@ def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
 # golang ---------------------------------------------------------------------------------------
 
 
-def _push_golang(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+def _push_golang(
+    registry_addr: str, cache_dir: Path, debian_layer: dict, version: str = GO_VERSION, name: str = "golang"
+) -> str:
     """Debian + the Go toolchain from the Go module proxy in /usr/local/go. Unlike the official
     image (built on buildpack-deps): no git, gcc or make, so cgo is off unless a RUN adds gcc."""
-    module = f"golang.org/toolchain@v0.0.1-go{GO_VERSION}.linux-amd64"
+    module = f"golang.org/toolchain@v0.0.1-go{version}.linux-amd64"
     key = _key(module)
 
     def fill(tar: tarfile.TarFile) -> None:
@@ -551,16 +594,45 @@ def _push_golang(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str
                 with archive.open(entry) as data:
                     tar.addfile(_root_owned(member), data)
 
-    layer = _cached_layer(cache_dir, "golang", key, f"go {GO_VERSION} in /usr/local/go", fill)
+    # Cached layers are named so that no name is another's prefix ("go1.24", not "golang-1.24").
+    layer_name = "golang" if name == "golang" else f"go{version.rsplit('.', 1)[0]}"
+    layer = _cached_layer(cache_dir, layer_name, key, f"go {version} in /usr/local/go", fill)
     layers = [debian_layer, layer]
     env = {
         "PATH": f"/go/bin:/usr/local/go/bin:{DEFAULT_PATH}",
-        "GOLANG_VERSION": GO_VERSION,
+        "GOLANG_VERSION": version,
         "GOPATH": "/go",
         "GOTOOLCHAIN": "local",
     }
     config = _image_config(layers, cmd=["bash"], env=env, base={"WorkingDir": "/go"})
-    return _push(registry_addr, "golang", config, layers)
+    return _push(registry_addr, name, config, layers)
+
+
+# bun ------------------------------------------------------------------------------------------
+
+
+def _push_bun(registry_addr: str, cache_dir: Path, debian_layer: dict, name: str) -> str:
+    """Debian + Bun's official linux-x64 binary as the npm registry ships it (@oven/bun-linux-x64)
+    in /usr/local/bin, with bunx. The official image's "-slim" is the same minus a few tools;
+    here both tags are one image. No `bun` user; NODE_EXTRA_CA_CERTS as in the node image."""
+    spec = f"@oven/bun-linux-x64@{BUN_VERSION}"
+    key = _key(spec)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            package = _npm_pack(spec, Path(tmp))
+            for directory in ("usr", "usr/local", "usr/local/bin"):
+                _add_dir(tar, directory)
+            with tarfile.open(package, "r:gz") as source:
+                member = source.getmember("package/bin/bun")
+                member.name, member.mode = "usr/local/bin/bun", 0o755
+                tar.addfile(_root_owned(member), source.extractfile(member))
+            _add_symlink(tar, "usr/local/bin/bunx", "bun")
+
+    layer = _cached_layer(cache_dir, "bun", key, f"bun {BUN_VERSION} in /usr/local/bin", fill)
+    layers = [debian_layer, layer]
+    env = {"BUN_RUNTIME_TRANSPILER_CACHE_PATH": "0", "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
+    return _push(registry_addr, name, _image_config(layers, cmd=["bun"], env=env), layers)
 
 
 # python ---------------------------------------------------------------------------------------
@@ -568,6 +640,9 @@ def _push_golang(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str
 PYTHON_DOCKERFILE = """\
 FROM {base}
 ENV LANG=C.UTF-8
+# Tools that bring their own CA list (requests/certifi: Poetry, Pipenv) use the system store,
+# which holds this machine's TLS proxy CA, as the node image's NODE_EXTRA_CA_CERTS does for npm.
+ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 # Debian's Python 3.11 with pip and venv. Unlike the official image Python is not built from
 # source; like it, pip may install into the system (Debian's EXTERNALLY-MANAGED marker is removed).
 RUN apt-get update \\
@@ -579,24 +654,170 @@ CMD ["python3"]
 """
 
 
-def _push_python(registry_addr: str, cache_dir: Path, buildkit_addr: str) -> str:
+NGINX_DOCKERFILE = """\
+FROM {base}
+# Debian's nginx 1.22 (the official image installs nginx.org's packages); logs go to the
+# container's stdout/stderr as there.
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends nginx \\
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \\
+ && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log \\
+ && nginx -v 2>&1 | grep -q 'nginx/1\\.22\\.'
+EXPOSE 80
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
+"""
+
+# Debian's PHP 8.2 with Apache and mod_php. The official image compiles PHP from source into
+# /usr/local; its helper scripts are stood in for by the ones below (PHP_EXT_SCRIPTS), and
+# PHP_INI_DIR is Apache's Debian ini directory, holding php.ini-production as there.
+PHP_APACHE_DOCKERFILE = """\
+FROM {base}
+ENV PHP_INI_DIR=/etc/php/8.2/apache2 APACHE_CONFDIR=/etc/apache2 APACHE_ENVVARS=/etc/apache2/envvars
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends apache2 libapache2-mod-php8.2 php8.2-cli php8.2-opcache \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && cp /usr/lib/php/8.2/php.ini-production /usr/lib/php/8.2/php.ini-development "$PHP_INI_DIR/" \\
+ && . "$APACHE_ENVVARS" \\
+ && for dir in "$APACHE_LOCK_DIR" "$APACHE_RUN_DIR" "$APACHE_LOG_DIR"; do \\
+      mkdir -p "$dir" && chown -R www-data:www-data "$dir" && chmod 1777 "$dir"; done \\
+ && ln -sfT /dev/stderr "$APACHE_LOG_DIR/error.log" \\
+ && ln -sfT /dev/stdout "$APACHE_LOG_DIR/access.log" \\
+ && ln -sfT /dev/stdout "$APACHE_LOG_DIR/other_vhosts_access.log" \\
+ && chown www-data:www-data /var/www/html \\
+ && php -r 'exit(PHP_MAJOR_VERSION === 8 && PHP_MINOR_VERSION === 2 ? 0 : 1);'
+COPY docker-php-ext-install docker-php-ext-configure docker-php-ext-enable apache2-foreground /usr/local/bin/
+WORKDIR /var/www/html
+EXPOSE 80
+STOPSIGNAL SIGWINCH
+CMD ["apache2-foreground"]
+"""
+PHP_EXT_SCRIPTS = {
+    "docker-php-ext-install": """\
+#!/bin/sh
+# Stands in for the official image's script, which compiles PHP's bundled extensions from
+# source: here an extension is Debian's php8.2-NAME package, installed unless PHP has it already.
+set -e
+packages=
+for arg in "$@"; do
+  case "$arg" in
+    -j*|[0-9]*) continue ;;  # make's job count: nothing is compiled here
+    -*) echo "docker-php-ext-install: option $arg is not supported here" >&2; exit 1 ;;
+  esac
+  if php -m | tr 'A-Z' 'a-z' | grep -qx -e "$arg" -e "zend $arg"; then continue; fi
+  packages="$packages php8.2-$arg"
+done
+if [ -n "$packages" ]; then
+  apt-get update && apt-get install -y --no-install-recommends $packages && rm -rf /var/lib/apt/lists/*
+fi
+""",
+    "docker-php-ext-configure": """\
+#!/bin/sh
+# Debian's extension packages come configured; nothing to do (see docker-php-ext-install).
+exit 0
+""",
+    "docker-php-ext-enable": """\
+#!/bin/sh
+set -e
+for arg in "$@"; do case "$arg" in -*) ;; *) phpenmod "$arg" ;; esac; done
+""",
+    "apache2-foreground": """\
+#!/bin/sh
+set -e
+. "${APACHE_ENVVARS:-/etc/apache2/envvars}"
+rm -f "$APACHE_PID_FILE"
+exec apache2 -DFOREGROUND "$@"
+""",
+}
+
+# Debian's Composer 2.5 on Debian's PHP 8.2 CLI (the official image is Alpine with a newer PHP).
+COMPOSER_DOCKERFILE = """\
+FROM {base}
+ENV COMPOSER_ALLOW_SUPERUSER=1 COMPOSER_HOME=/tmp/composer
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends composer php8.2-cli unzip \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && composer --version 2>/dev/null | grep -q '^Composer version 2\\.'
+WORKDIR /app
+CMD ["composer"]
+"""
+
+MAVEN_DOCKERFILE = """\
+FROM {base}
+# Debian's OpenJDK 17 and Maven 3.8.
+# update-alternatives links the man page into man1, which slim images leave out.
+RUN mkdir -p /usr/share/man/man1 \\
+ && apt-get update \\
+ && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && java -version 2>&1 | grep -q 'version "17\\.' && mvn -B -v | grep -q 'Apache Maven 3\\.8\\.'
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 MAVEN_HOME=/usr/share/maven
+CMD ["mvn"]
+"""
+
+JRE_DOCKERFILE = """\
+FROM {base}
+# Debian's OpenJDK 17 runtime.
+# update-alternatives links the man page into man1, which slim images leave out.
+RUN mkdir -p /usr/share/man/man1 \\
+ && apt-get update \\
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && java -version 2>&1 | grep -q 'version "17\\.'
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64
+CMD ["java", "-version"]
+"""
+
+# Debian's Rust 1.85 (bookworm's rustc-web/cargo-web; rustup is not installed), with the
+# official image's CARGO_HOME.
+RUST_DOCKERFILE = """\
+FROM {base}
+ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends 'rustc-web=1.85.*' 'cargo-web=1.85.*' 'libstd-rust-web-dev=1.85.*' libc6-dev \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && mkdir -p /usr/local/cargo/bin \\
+ && rustc --version | grep -q '^rustc 1\\.85\\.' && cargo --version | grep -q '^cargo 1\\.85\\.'
+CMD ["bash"]
+"""
+
+BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
+    "python": (PYTHON_DOCKERFILE, {}),
+    "nginx": (NGINX_DOCKERFILE, {}),
+    "php-apache": (PHP_APACHE_DOCKERFILE, PHP_EXT_SCRIPTS),
+    "composer": (COMPOSER_DOCKERFILE, {}),
+    "maven": (MAVEN_DOCKERFILE, {}),
+    "openjdk-jre": (JRE_DOCKERFILE, {}),
+    "rust": (RUST_DOCKERFILE, {}),
+}
+
+
+def _push_built(registry_addr: str, cache_dir: Path, buildkit_addr: str, name: str) -> str:
+    template, files = BUILT_RECIPES[name]
     repo, tags = REFERENCES["debian"]
     base_digest = registry.manifest_digest(registry_addr, repo, tags[0])
-    dockerfile = PYTHON_DOCKERFILE.format(base=f"{registry_addr}/{repo}@{base_digest}")
-    # The base digest, not the registry address, identifies the input.
-    layout = cache_dir / "oci" / f"python-{_key(base_digest, PYTHON_DOCKERFILE)}"
+    dockerfile = template.format(base=f"{registry_addr}/{repo}@{base_digest}")
+    # The base digest, not the registry address, identifies the input. Layout names must not
+    # be prefixes of one another (stale layouts are found by name).
+    key = _key(base_digest, template, files) if files else _key(base_digest, template)
+    layout = cache_dir / "oci" / f"{name.replace('-', '')}-{key}"
     if not (layout / "index.json").exists():
-        _buildctl_to_layout(buildkit_addr, dockerfile, layout, cache_dir)
-    repo, tags = REFERENCES["python"]
+        _buildctl_to_layout(buildkit_addr, dockerfile, layout, cache_dir, files)
+    repo, tags = REFERENCES[name]
     return registry.push_oci_layout(registry_addr, repo, tags, layout)
 
 
-def _buildctl_to_layout(buildkit_addr: str, dockerfile: str, layout: Path, cache_dir: Path) -> None:
+def _buildctl_to_layout(
+    buildkit_addr: str, dockerfile: str, layout: Path, cache_dir: Path, files: dict[str, str] | None = None
+) -> None:
     layout.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         context = Path(tmp) / "context"
         context.mkdir()
         (context / "Dockerfile").write_text(dockerfile)
+        for name, content in (files or {}).items():
+            (context / name).write_text(content)
+            (context / name).chmod(0o755)  # the files are scripts; COPY keeps the mode
         partial = Path(tmp) / "layout"
         argv = [
             "buildctl", "--addr", buildkit_addr, "build", "--progress", "plain",

@@ -1,0 +1,3 @@
+module example.com/hubfly/hello
+
+go 1.23
