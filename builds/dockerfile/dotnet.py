@@ -46,14 +46,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     df = Dockerfile().stage(recipe.images["build"], "build")
     df.env(DOTNET_CLI_TELEMETRY_OPTOUT="1", DOTNET_NOLOGO="1")
     df.workdir("/src")
-    if recipe.install == "dotnet restore" and recipe.hints.get("project_files"):
-        df.copy(recipe.hints["project_files"], "./")
-        df.run(recipe.install, caches)
-        df.copy_source()
-    else:
-        df.copy_source()
-        if recipe.install:
-            df.run(recipe.install, caches)
+    restore_first = recipe.install == "dotnet restore"
+    df.install_and_copy_source(recipe.install, recipe.hints.get("project_files") if restore_first else None, caches)
     if recipe.build:
         df.run(recipe.build, caches)
 

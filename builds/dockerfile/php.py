@@ -90,14 +90,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
         df.workdir("/app")
         caches = (Cache("composer", "/tmp/composer-cache"),)
         df.env(COMPOSER_CACHE_DIR="/tmp/composer-cache")
-        if recipe.install == COMPOSER_INSTALL and hints.get("dependency_files"):
-            df.copy(hints["dependency_files"], "./")
-            df.run(recipe.install, caches)
-            df.copy_source()
-        else:
-            df.copy_source()
-            if recipe.install:
-                df.run(recipe.install, caches)
+        composer_first = recipe.install == COMPOSER_INSTALL
+        df.install_and_copy_source(recipe.install, hints.get("dependency_files") if composer_first else None, caches)
         if recipe.build:
             df.run(recipe.build, caches)
 

@@ -233,14 +233,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     df.run("python -m venv /opt/venv")
     df.workdir("/app")
     needed = hints.get("dependency_files")
-    if recipe.install and needed and _is_detected_install(recipe.install, hints):
-        df.copy(needed, "./")
-        df.run(recipe.install, caches)
-        df.copy_source()
-    else:
-        df.copy_source()
-        if recipe.install:
-            df.run(recipe.install, caches)
+    detected = recipe.install and _is_detected_install(recipe.install, hints)
+    df.install_and_copy_source(recipe.install, needed if detected else None, caches)
     if recipe.build:
         df.run(recipe.build)
 

@@ -58,14 +58,8 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     df.env(**bundle_env)
     df.workdir("/app")
     needed = hints.get("dependency_files")
-    if recipe.install == "bundle install" and needed and "Gemfile.lock" in needed:
-        df.copy(needed, "./")
-        df.run(recipe.install)
-        df.copy_source()
-    else:
-        df.copy_source()
-        if recipe.install:
-            df.run(recipe.install)
+    locked = recipe.install == "bundle install" and needed and "Gemfile.lock" in needed
+    df.install_and_copy_source(recipe.install, needed if locked else None)
     if recipe.build:
         df.env(RAILS_ENV="production", SECRET_KEY_BASE_DUMMY="1")
         df.run(recipe.build)

@@ -74,6 +74,20 @@ class Dockerfile:
         """The whole build context, without the checkout's .git directory."""
         return self.copy(".", dest, exclude=(".git",))
 
+    def install_and_copy_source(self, install: str | None, dependency_files: list[str] | None,
+                                caches: tuple[Cache, ...] | list[Cache] = ()) -> "Dockerfile":
+        """Install dependencies before copying the source when the install needs only its
+        manifests (a code change then keeps the dependency layer cached); otherwise copy the
+        source first."""
+        if install and dependency_files:
+            self.copy(dependency_files, "./")
+            self.run(install, caches)
+            return self.copy_source()
+        self.copy_source()
+        if install:
+            self.run(install, caches)
+        return self
+
     def run(self, command: str, caches: tuple[Cache, ...] | list[Cache] = ()) -> "Dockerfile":
         if caches and not self._stage_has_cache_arg:
             self.lines.append(f"ARG {CACHE_ARG}=default")
