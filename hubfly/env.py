@@ -4,7 +4,9 @@ A bad value stops the process at start-up with a message naming the variable, in
 surfacing later as a confusing failure inside a build.
 """
 
+import json
 import os
+from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -56,3 +58,13 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def read_json_file(path: str | Path, what: str):
+    """An operator's JSON config file, or a ConfigError naming the file and the problem."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{what} file {path} is not valid JSON: {exc}") from None

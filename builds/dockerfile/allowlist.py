@@ -21,12 +21,11 @@ own build script can run anything inside the build container). The host never ru
 """
 
 import functools
-import json
 import os
 import re
 from pathlib import Path
 
-from hubfly.env import ConfigError
+from hubfly.env import ConfigError, read_json_file
 
 from builds import errors
 from builds.errors import UserError
@@ -118,10 +117,4 @@ def load_allowlist(path: Path | str | None = None) -> Allowlist:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str) -> Allowlist:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read allowlist file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"allowlist file {path} is not valid JSON: {exc}") from None
-    return parse_allowlist(data, path)
+    return parse_allowlist(read_json_file(path, "allowlist"), path)

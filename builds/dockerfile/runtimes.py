@@ -13,13 +13,12 @@ raises ConfigError naming the file and the entry.
 """
 
 import functools
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubfly.env import ConfigError
+from hubfly.env import ConfigError, read_json_file
 
 from builds.dockerfile import versions
 
@@ -132,10 +131,4 @@ def load_runtimes(path: Path | str | None = None) -> Runtimes:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str) -> Runtimes:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read runtimes file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"runtimes file {path} is not valid JSON: {exc}") from None
-    return parse_runtimes(data, path)
+    return parse_runtimes(read_json_file(path, "runtimes"), path)
