@@ -68,3 +68,17 @@ def read_json_file(path: str | Path, what: str):
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{what} file {path} is not valid JSON: {exc}") from None
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLAlchemy SQLite URL (`sqlite:///relative`, `sqlite:////absolute`), as an
+    absolute path; None for other databases and in-memory SQLite."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"not a database URL: {url!r}")
+    if scheme.split("+", 1)[0] != "sqlite":
+        return None
+    path = rest.partition("/")[2].partition("?")[0]
+    if path in ("", ":memory:"):
+        return None
+    return os.path.abspath(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str, sqlite_path
 from .logformat import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -204,10 +204,18 @@ API_TOKEN_GENERATED = not env_list("BUILDER_API_TOKENS")
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}")
 BROKER_IS_SQLA = CELERY_BROKER_URL.startswith(("sqla+", "sqlalchemy+"))
-BROKER_POLL_SECONDS = env_float("BROKER_POLL_SECONDS", 0.1, minimum=0.01)
+# The SQLAlchemy URL behind a sqla+ broker URL, and the SQLite file when it is one.
+BROKER_SQLALCHEMY_URL = CELERY_BROKER_URL.split("+", 1)[1] if BROKER_IS_SQLA else ""
+BROKER_SQLITE_PATH = sqlite_path(BROKER_SQLALCHEMY_URL) if BROKER_IS_SQLA else None
+# A SQLite broker wakes its workers through a doorbell (hubfly/broker.py): polling is only its
+# safety net. Other SQLAlchemy databases rely on polling alone.
+BROKER_POLL_SECONDS = env_float("BROKER_POLL_SECONDS", 1.0 if BROKER_SQLITE_PATH else 0.1, minimum=0.01)
 # Longest a message may stay unacknowledged before Redis redelivers it: above any build.
 _LONGEST_TASK_SECONDS = MAX_TIMEOUT_SECONDS + 3600
 if BROKER_IS_SQLA:
+    # kombu's SQLAlchemy transport with the doorbell; it takes the plain SQLAlchemy URL.
+    CELERY_BROKER_TRANSPORT = "hubfly.broker:Transport"
+    CELERY_BROKER_URL = BROKER_SQLALCHEMY_URL
     # A 60 s busy timeout: a briefly locked broker file must not look like a lost connection,
     # which would restore (and duplicate) running builds (platform notes A1, pitfall 6).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 60}}

@@ -53,7 +53,7 @@ def test_delivered_broker_messages_are_pruned(django_db_blocker):
     from django.core.management import call_command
 
     call_command("init_broker", verbosity=0)
-    path = settings.CELERY_BROKER_URL.split(":///", 1)[1]
+    path = settings.BROKER_SQLITE_PATH
     with sqlite3.connect(path) as db:
         queue_id = db.execute("SELECT id FROM kombu_queue LIMIT 1").fetchone()
         if queue_id is None:

@@ -42,7 +42,6 @@ os.environ.update(
         "LEASE_SECONDS": "8",
         "RETRY_BACKOFF_SECONDS": "1",
         "CANCEL_GRACE_SECONDS": "3",
-        "BROKER_POLL_SECONDS": "0.1",
         "REAPER_INTERVAL_SECONDS": "1",
         "REQUEUE_AFTER_SECONDS": "20",
         "CALLBACK_FLUSH_SECONDS": "1",

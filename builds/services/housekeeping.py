@@ -46,8 +46,7 @@ def prune_broker() -> int:
         return 0
     import sqlalchemy
 
-    url = settings.CELERY_BROKER_URL.split("+", 1)[1]
-    engine = sqlalchemy.create_engine(url, connect_args={"timeout": 60})
+    engine = sqlalchemy.create_engine(settings.BROKER_SQLALCHEMY_URL, **settings.CELERY_BROKER_TRANSPORT_OPTIONS)
     try:
         with engine.begin() as conn:
             tables = sqlalchemy.inspect(conn).get_table_names()

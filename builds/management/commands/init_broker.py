@@ -19,7 +19,9 @@ class Command(BaseCommand):
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=3)
             conn.default_channel.session  # the channel's first session creates kombu's tables
-        path = settings.CELERY_BROKER_URL.split(":///", 1)[1]
+        path = settings.BROKER_SQLITE_PATH
+        if path is None:  # a server database: nothing more to prepare
+            return
         with sqlite3.connect(path, timeout=60) as db:
             db.execute("PRAGMA journal_mode=WAL")
         self.stdout.write(f"broker ready: {path}")
