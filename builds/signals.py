@@ -3,6 +3,7 @@
 import ctypes
 import logging
 import os
+import select
 import threading
 import time
 
@@ -13,6 +14,14 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _watch_parent(parent: int) -> None:
+    # A pidfd becomes readable when the process exits: the thread sleeps until then instead of
+    # waking to poll (Linux 5.3+; polling elsewhere).
+    try:
+        pidfd = os.pidfd_open(parent)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None and os.getppid() == parent:
+        select.select([pidfd], [], [])
     while os.getppid() == parent:
         time.sleep(0.5)
     from builds.services import process
