@@ -105,6 +105,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
         }
     )
+    # Opening a SQLite connection costs about as much as a job read: threads keep theirs.
+    DATABASES["default"]["CONN_MAX_AGE"] = 600
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -117,6 +120,10 @@ STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = False
+
+# Threads of a web process that run the JSON API and the admin (hubfly/asgi.py); log streams
+# do not take one.
+WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
 
 # Request bodies above 1 MiB are refused with 413 (builds.api.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
