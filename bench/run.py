@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--broker-poll", type=float, help="BROKER_POLL_SECONDS for the instance (default: its own)")
     parser.add_argument("--database-url", help="DATABASE_URL for the instance (the scale-out configuration)")
     parser.add_argument("--broker-url", help="CELERY_BROKER_URL for the instance (the scale-out configuration)")
+    parser.add_argument("--scaleout", action="store_true",
+                        help="start PostgreSQL and Redis here and run the instance on them (as tests/scaleout)")
     parser.add_argument("--slots", type=int, help="MAX_CONCURRENT_BUILDS of the main instance (default: its own)")
     parser.add_argument("--base-images", choices=("auto", "yes", "no"), default="auto",
                         help="push the Debian base image for builds that need it (auto: yes, with --short "
@@ -113,6 +115,16 @@ def main(argv=None) -> int:
     receiver = Receiver()
     git_server = GitServer(run_dir / "git")
     ctx = Context(short=args.short, root=root, infra=infra, receiver=receiver, git=git_server, base_images=False)
+    servers = []
+    if args.scaleout:
+        from tests.support import scaleout
+
+        shutil.rmtree(root / "scaleout", ignore_errors=True)
+        args.database_url, postgres = scaleout.start_postgres(root / "scaleout" / "postgres")
+        servers.append(postgres)
+        args.broker_url, redis = scaleout.start_redis(root / "scaleout" / "redis")
+        servers.append(redis)
+        print("bench: scale-out configuration: PostgreSQL and Redis", flush=True)
     base_env = instance_env(args)
     current: dict = {"env": None}
 
@@ -167,6 +179,11 @@ def main(argv=None) -> int:
         git_server.httpd.shutdown()
         shutil.rmtree(run_dir / "git", ignore_errors=True)
         receiver.close()
+        if servers:
+            from tests.support import scaleout
+
+            for server in servers:
+                scaleout.stop(server)
     report(ctx, args, root, time.monotonic() - started, argv)
     return 0
 

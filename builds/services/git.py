@@ -109,6 +109,13 @@ class Fetcher:
         self.git("checkout", "-q", "--detach", found.tail[-1].strip())
 
     def _head(self) -> str:
+        # A detached HEAD is the commit's SHA in .git/HEAD: no fifth git process per build.
+        try:
+            head = (self.checkout / ".git" / "HEAD").read_text().strip()
+        except OSError:
+            head = ""
+        if _FULL_SHA.match(head):
+            return head
         out = subprocess.run(
             [settings.GIT_BIN, "-C", str(self.checkout), "rev-parse", "HEAD"],
             capture_output=True, text=True, env=self.env, timeout=30, check=True,
