@@ -129,13 +129,16 @@ def test_real_responses_match_the_schema(web, spec):
     call("GET", f"/api/v1/jobs/{job_id}/logs", params={"offset": "x"}, expect=400)
 
     call("GET", "/dev/running-builds", expect=200)
-    # A worker of another test module may have taken the job already: cancel whatever state it is in.
-    Job.objects.filter(pk=job_id).update(status="pending")
-    call("POST", f"/api/v1/jobs/{job_id}/cancel", expect=202)
-    call("POST", f"/api/v1/jobs/{job_id}/cancel", expect=409)
+    # A worker of another test module may be building the job created above: cancel one that no
+    # queue message points at, so no worker can touch it between the two calls.
+    waiting = new_id("cancel")
+    Job.objects.create(id=waiting, project_id="p", user_id="u", source_info={"gitRepository": REPO},
+                       request_fingerprint="-", status="pending")
+    call("POST", f"/api/v1/jobs/{waiting}/cancel", expect=202)
+    call("POST", f"/api/v1/jobs/{waiting}/cancel", expect=409)
     call("POST", "/api/v1/jobs/no-such-job/cancel", expect=404)
-    call("GET", f"/api/v1/jobs/{job_id}/logs", params={"follow": "true"}, expect=200)
-    events = call("GET", f"/api/v1/jobs/{job_id}/logs", headers={"Accept": "text/event-stream"}, expect=200)
+    call("GET", f"/api/v1/jobs/{waiting}/logs", params={"follow": "true"}, expect=200)
+    events = call("GET", f"/api/v1/jobs/{waiting}/logs", headers={"Accept": "text/event-stream"}, expect=200)
     assert "event: end" in events.text
 
     # A job with every output field set, progress included.
