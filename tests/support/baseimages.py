@@ -121,32 +121,37 @@ def ensure_base_images(
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     pushed: dict[str, str] = {}
-    # One process at a time per cache: pytest-xdist workers would otherwise debootstrap in parallel.
-    with _locked(cache_dir / ".lock"):
-        debian_layer = None
-        if set(images) - {"dockerfile-frontend"}:
+
+    def made(name: str):
+        # One process at a time per image and cache (two test sessions run at once in
+        # scripts/test); other images are made meanwhile.
+        pushed[name] = _reference(registry_addr, name)
+        return _locked(cache_dir / f".lock-{name}")
+
+    debian_layer = None
+    if set(images) - {"dockerfile-frontend"}:
+        with made("debian"):
             debian_layer = _debian_layer(cache_dir)
             _push(registry_addr, "debian", _image_config([debian_layer], cmd=["bash"]), [debian_layer])
-            pushed["debian"] = _reference(registry_addr, "debian")
-        if "dockerfile-frontend" in images:
+    if "dockerfile-frontend" in images:
+        with made("dockerfile-frontend"):
             _push_frontend(registry_addr, cache_dir)
-            pushed["dockerfile-frontend"] = _reference(registry_addr, "dockerfile-frontend")
-        if "node" in images:
+    if "node" in images:
+        with made("node"):
             _push_node(registry_addr, cache_dir, debian_layer)
-            pushed["node"] = _reference(registry_addr, "node")
-        if "golang" in images:
+    if "golang" in images:
+        with made("golang"):
             _push_golang(registry_addr, cache_dir, debian_layer)
-            pushed["golang"] = _reference(registry_addr, "golang")
-        if "golang-1.24" in images:
+    if "golang-1.24" in images:
+        with made("golang-1.24"):
             _push_golang(registry_addr, cache_dir, debian_layer, GO_1_24_VERSION, "golang-1.24")
-            pushed["golang-1.24"] = _reference(registry_addr, "golang-1.24")
-        for name in ("bun", "bun-slim"):
-            if name in images:
+    for name in ("bun", "bun-slim"):
+        if name in images:
+            with made(name):
                 _push_bun(registry_addr, cache_dir, debian_layer, name)
-                pushed[name] = _reference(registry_addr, name)
-        for name in sorted(BUILT_WITH_BUILDKIT & set(images)):
+    for name in sorted(BUILT_WITH_BUILDKIT & set(images)):
+        with made(name):
             _push_built(registry_addr, cache_dir, buildkit_addr, name)
-            pushed[name] = _reference(registry_addr, name)
     return {name: pushed[name] for name in images}
 
 
