@@ -76,7 +76,7 @@ def base_images_wanted(args) -> bool:
 
 
 MODULES = {"git": "gitfetch", "dispatch": "dispatch", "overhead": "overhead", "rebuild": "rebuild",
-           "profile": "profile", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload"}
+           "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload"}
 NO_INSTANCE = ("git", "webvariants")  # these start what they measure themselves
 
 

@@ -1,6 +1,7 @@
 """Benchmark 5: many jobs at once. 50 trivial jobs (each its own commit) with
 MAX_CONCURRENT_BUILDS 1, 2 and 4: makespan (first POST sent -> last callback received), builds
-per minute, and the worker's memory per build slot; then 10 jobs of 3 s with 3 slots.
+per minute, the same batch run by hand with as many at a time (the machine's floor), and the
+worker's memory per build slot; then 10 jobs of 3 s with 3 slots.
 
 The instance is restarted (scripts/run) for each slot count. Worker memory is the celery main
 process plus its pool processes, sampled every 0.25 s while the jobs run: RSS summed (counts
@@ -8,8 +9,10 @@ pages shared after fork once per process) and PSS summed (shares them out).
 """
 
 import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-from bench.common import Context, finish, service_build, submit
+from bench.common import Context, finish, hand_build, service_build, submit
 from bench.repos import TRIVIAL, BuildRepo, sleeping
 from bench.support import Sampler, cpu_seconds, pss_mb, rss_mb
 
@@ -41,6 +44,9 @@ def batch(ctx: Context, repo: BuildRepo, slots: int, count: int) -> None:
     ctx.add(b, f"slots={slots}: {count} trivial jobs, makespan", "s", makespan, target)
     ctx.add(b, f"slots={slots}: builds per minute", "builds/min", count / makespan * 60)
     ctx.add(b, f"slots={slots}: makespan / ({count} x alone / slots)", "x", makespan / ideal)
+    by_hand = _hand_batch(ctx, repo, slots, count, project)
+    ctx.add(b, f"slots={slots}: the same batch by hand (fetch + buildctl, {slots} at a time), makespan", "s", by_hand)
+    ctx.add(b, f"slots={slots}: service makespan / by-hand makespan", "x", makespan / by_hand)
     ctx.add(b, f"slots={slots}: worker CPU per job (celery main + pool)", "ms", cpu_per_job * 1000)
     ctx.add(b, f"slots={slots}: worker peak RSS sum / slot", "MB", rss / slots)
     ctx.add(b, f"slots={slots}: worker peak PSS sum / slot", "MB", pss / slots, "(Go: 40-50 MB whole process)")
@@ -56,11 +62,22 @@ def sleepers(ctx: Context) -> None:
     ideal = -(-count // 3) * seconds
     b = "5 throughput"
     ctx.add(b, f"slots=3: {count} jobs of {seconds} s, makespan (floor {ideal} s)", "s", makespan, target)
+    by_hand = _hand_batch(ctx, repo, 3, count, "sleepers")
+    ctx.add(b, f"slots=3: the same {count} jobs by hand (fetch + buildctl, 3 at a time), makespan", "s", by_hand)
     ctx.add(b, f"slots=3: {seconds} s jobs: buildctl inside the service (building -> pushed)", "s",
             [j["steps"]["pushed"] - j["steps"]["building"] for j in done if j["steps"]["pushed"]])
     ctx.add(b, f"slots=3: {seconds} s jobs: service time outside buildctl (claimed -> callback minus buildctl)", "s",
             [(j["t_callback"] - j["steps"]["attempt"]) - (j["steps"]["pushed"] - j["steps"]["building"])
              for j in done if j["steps"]["pushed"]])
+
+
+def _hand_batch(ctx: Context, repo: BuildRepo, parallel: int, count: int, project: str) -> float:
+    """The machine's floor for a batch: fetch + buildctl by hand, `parallel` at a time."""
+    commits = [repo.new_commit() for _ in range(count)]
+    started = time.time()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda commit: hand_build(ctx, repo.url, commit, project=project), commits))
+    return time.time() - started
 
 
 def _alone(ctx: Context, repo: BuildRepo, project: str) -> float:
