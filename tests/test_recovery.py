@@ -200,7 +200,7 @@ def test_registry_down_during_push_is_retried(api, worker, git_server, infra):
     assert "REGISTRY_UNAVAILABLE" in log_text(api, job_id)
 
 
-@pytest.mark.alongside
+@pytest.mark.waits
 def test_callback_failing_for_two_minutes_is_delivered_once_later(api, worker, git_server, receiver):
     outage = float(os.environ.get("HUBFLY_TEST_CALLBACK_OUTAGE_SECONDS", 120))
     repo = git_server.repo("hook-down")

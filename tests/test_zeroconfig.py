@@ -32,7 +32,7 @@ from tests.support import containers, registry
 from tests.support.baseimages import ensure_base_images, runtimes_for_tests
 from tests.support.jobs import new_id, wait_final
 
-pytestmark = [pytest.mark.e2e, pytest.mark.alongside, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.downloads, pytest.mark.django_db(transaction=True)]
 
 APPS = Path(__file__).parent / "apps"
 USER_ID = "tester"
