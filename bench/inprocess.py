@@ -91,7 +91,9 @@ def main() -> int:
             for i in range(100):
                 post(5000 + i)
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("cumulative").print_stats(30)
+            stats.sort_stats("tottime").print_stats(25)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0
