@@ -43,6 +43,11 @@ def _die_with_worker(**_):
     except (OSError, AttributeError):
         pass
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    # Pool processes publish the callback task when a build ends. In a thread: a pool process
+    # that is not up within a few seconds is replaced, and a broker may be slow to answer.
+    from builds.services import dispatch
+
+    threading.Thread(target=dispatch.warm_up, name="broker-warm-up", daemon=True).start()
 
 
 @worker_ready.connect

@@ -19,3 +19,9 @@ logconfig_dict = logging_config(os.environ.get("LOG_FORMAT", "plain").lower(), o
 # gunicorn 27's runtime control socket has one default path per user: two web processes on one
 # host (the scale-out layout) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    from builds.services import dispatch
+
+    dispatch.warm_up()

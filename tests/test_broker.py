@@ -111,3 +111,17 @@ def test_a_waiting_consumer_gets_a_message_long_before_its_next_poll(tmp_path):
         # Polling alone would wake after 60 s (capped at the 50 s timeout here).
         assert elapsed < 20, elapsed
     assert not any(tmp_path.glob("broker.sqlite3.doorbell/*")), "the consumer's socket is removed on close"
+
+
+def test_warm_up_connects_once_and_survives_a_broker_that_does_not_answer():
+    from celery import Celery
+
+    from builds.services import dispatch
+
+    assert dispatch.warm_up() is True
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    unreachable = Celery("unreachable", broker=f"redis://127.0.0.1:{closed_port}/0")
+    unreachable.conf.broker_connection_timeout = 1
+    assert dispatch.warm_up(unreachable) is False
