@@ -122,6 +122,9 @@ def test_warm_up_connects_once_and_survives_a_broker_that_does_not_answer():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    unreachable = Celery("unreachable", broker=f"redis://127.0.0.1:{closed_port}/0")
+    unreachable = Celery("unreachable", broker=f"redis://127.0.0.1:{closed_port}/0", set_as_current=False)
     unreachable.conf.broker_connection_timeout = 1
     assert dispatch.warm_up(unreachable) is False
+    from celery import current_app
+
+    assert current_app.main == "hubfly", "the tasks of later tests publish through the current app"
