@@ -391,19 +391,25 @@ class Instance:
     def stop(self, timeout: float = 30) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        # honcho runs each process in a session of its own, and scripts/run's shell exits on
+        # SIGTERM at once: wait for every process of the instance, not for the shell, or the
+        # SIGKILL below lands on honcho while it still stops them and leaves orphans.
+        family = {pid: cmdline(pid) for pid in descendants(self.proc.pid)}
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        self.signal_all(signal.SIGCONT)  # a paused worker must be able to exit
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
+        self.signal_all(signal.SIGCONT, list(family))  # a paused worker must be able to exit
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(cmdline(pid) == line for pid, line in family.items()):
+            time.sleep(0.1)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for pid, line in family.items():
+            if cmdline(pid) == line:  # still the same process: not a reused pid
+                self.signal_all(signal.SIGKILL, [pid])
         self.proc.wait()
 
     # processes of the instance, found by what they run
