@@ -55,6 +55,7 @@ class Doorbell:
         self._ringer: socket.socket | None = None
         self._lock = threading.Lock()
         self._owner = os.getpid()
+        self._off = False  # could not listen once: poll from then on, without retrying each drain
 
     # --- the consumer's side -----------------------------------------------------------------
 
@@ -63,12 +64,15 @@ class Doorbell:
         caller polls."""
         if self._listener is not None and queues == self._queues:
             return True
+        if self._off:
+            return False
         name = self._socket_name(queues)
         path = self.directory / name
         if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
             path = self.directory / f"{name.split(_SEPARATOR, 1)[0]}{_SEPARATOR}{_ALL_QUEUES}"
         if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
             log.warning("broker doorbell off: %s is too long a path for a socket; polling", self.directory)
+            self._off = True
             return False
         try:
             if self._listener is None:
@@ -81,6 +85,7 @@ class Doorbell:
         except OSError as exc:
             log.warning("broker doorbell off (%s); polling", exc)
             self.close()
+            self._off = True
             return False
         self._path, self._queues = path, queues
         return True
@@ -187,13 +192,16 @@ class Channel(kombu_sqla.Channel):
         if self.connection.doorbell is not None:
             self.connection.doorbell.ring(queue)
 
+    # A settled message frees a slot: wake this process's own wait to take the next one.
     def basic_ack(self, delivery_tag, multiple=False):
         super().basic_ack(delivery_tag, multiple=multiple)
-        if self.connection.doorbell is not None:
-            self.connection.doorbell.ring_self()
+        self._ring_self()
 
     def basic_reject(self, delivery_tag, requeue=False):
         super().basic_reject(delivery_tag, requeue=requeue)
+        self._ring_self()
+
+    def _ring_self(self) -> None:
         if self.connection.doorbell is not None:
             self.connection.doorbell.ring_self()
 

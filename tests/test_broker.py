@@ -71,11 +71,14 @@ def test_a_dead_consumers_socket_is_removed_by_the_next_ring(tmp_path):
     assert not dead.exists()
 
 
-def test_a_path_too_long_for_a_socket_falls_back_to_polling(tmp_path):
+def test_a_path_too_long_for_a_socket_falls_back_to_polling(tmp_path, caplog):
     deep = tmp_path / ("d" * 120)
     consumer = Doorbell(deep)
     assert consumer.listen(frozenset({"builds"})) is False
     assert consumer.wait(0) is False
+    # Every drain asks again; the answer stays no, and the warning is not repeated.
+    assert consumer.listen(frozenset({"builds"})) is False
+    assert len([r for r in caplog.records if "doorbell off" in r.getMessage()]) == 1
     Doorbell(deep).ring("builds")  # no directory, no error
 
 
