@@ -46,6 +46,9 @@ class LeaseLost(BuildError):
 
 # Stable codes, grouped for reference. Detection and generation use the user codes.
 SOURCE_NOT_FOUND = "SOURCE_NOT_FOUND"            # repository or ref does not exist
+SOURCE_REFUSED = "SOURCE_REFUSED"                # the source rules refuse the host, an address or a redirect
+SOURCE_TOO_LARGE = "SOURCE_TOO_LARGE"            # the fetch or checkout would write more than GIT_MAX_BYTES
+SOURCE_TIMEOUT = "SOURCE_TIMEOUT"                # the fetch took longer than GIT_TIMEOUT_SECONDS
 COMMIT_NOT_FOUND = "COMMIT_NOT_FOUND"            # commitSha unknown to the repository
 WORKING_DIR_INVALID = "WORKING_DIR_INVALID"      # workingDir/buildContextDir missing or escaping
 DOCKERFILE_NOT_FOUND = "DOCKERFILE_NOT_FOUND"    # no Dockerfile and nothing to generate
@@ -57,6 +60,7 @@ INVALID_BUILD_CONFIG = "INVALID_BUILD_CONFIG"    # buildConfig values the genera
 BUILD_STEP_FAILED = "BUILD_STEP_FAILED"          # a RUN step exited non-zero
 BASE_IMAGE_NOT_FOUND = "BASE_IMAGE_NOT_FOUND"    # FROM image does not exist
 GIT_UNAVAILABLE = "GIT_UNAVAILABLE"              # git host unreachable (transient)
+DISK_SPACE_LOW = "DISK_SPACE_LOW"                # a workspace would leave less than MIN_FREE_DISK free (transient)
 BUILDKIT_UNAVAILABLE = "BUILDKIT_UNAVAILABLE"    # buildkitd unreachable (transient)
 REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"    # push/pull failed for network reasons (transient)
 WORKER_LOST = "WORKER_LOST"                      # the worker died; retries used up

@@ -6,6 +6,7 @@ surfacing later as a confusing failure inside a build.
 
 import json
 import os
+import re
 from pathlib import Path
 
 
@@ -42,6 +43,25 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def env_bytes(name: str, default: int, *, minimum: int = 0) -> int:
+    """A size in bytes: a whole number of bytes, or a number with a unit (500MB, 2GiB, 1.5GB)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    match = _SIZE.match(raw)
+    if not match:
+        raise ConfigError(f"{name} must be a size such as 1073741824, 500MB or 2GiB, got {raw!r}")
+    value = int(float(match[1]) * _SIZE_UNITS[(match[2] or "").lower()])
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum} bytes, got {raw!r}")
     return value
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str, sqlite_path
+from .env import ConfigError, env_bool, env_bytes, env_float, env_int, env_list, env_str, sqlite_path
 from .logformat import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -191,6 +191,10 @@ LOG_RETENTION_DAYS = env_int("LOG_RETENTION_DAYS", 7, minimum=1)
 LOG_MAX_BYTES = env_int("LOG_MAX_BYTES", 20 * 1024 * 1024, minimum=64 * 1024)
 GIT_ALLOWED_HOSTS = [h.lower() for h in env_list("GIT_ALLOWED_HOSTS")]
 GIT_TIMEOUT_SECONDS = env_int("GIT_TIMEOUT_SECONDS", 300, minimum=1)
+# A fetch (pack and checkout) may write GIT_MAX_BYTES; a job starts only if the disk keeps
+# MIN_FREE_DISK free with that much written.
+GIT_MAX_BYTES = env_bytes("GIT_MAX_BYTES", 2 * 1024**3, minimum=1024**2)
+MIN_FREE_DISK = env_bytes("MIN_FREE_DISK", 1024**3)
 ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE", str(BASE_DIR / "configs/allowed-commands.json")))
 RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE", str(BASE_DIR / "configs/runtimes.json")))
 WORKSPACE_DIR = Path(env_str("WORKSPACE_DIR", str(DATA_DIR / "workspaces"))).resolve()

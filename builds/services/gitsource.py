@@ -1,7 +1,9 @@
 """What a job may name as its source: repository URL, ref and commit rules.
 
 Used by the API at submit time and again by the worker right before fetching, because a
-host's DNS answer can change between the two (the check is on resolved addresses).
+host's DNS answer can change between the two (the check is on resolved addresses). The
+worker's check returns the addresses it accepted and git is pinned to them, so an answer that
+changes again between the check and the fetch is never used.
 """
 
 import ipaddress
@@ -12,6 +14,12 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+_HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+# IPv6 ranges that carry an IPv4 address (judged as that address) and ranges Python 3.11's
+# `is_global` calls global although they are not reachable public unicast.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NOT_GLOBAL = (ipaddress.ip_network("fec0::/10"), ipaddress.ip_network("64:ff9b:1::/48"))
 _SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._~-]+)@(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<path>[^:].*)$")
 _SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -65,7 +73,22 @@ def parse_repository(url: str) -> Repository:
         raise SourceError("gitRepository has no repository path")
     if host.startswith("-"):
         raise SourceError("gitRepository host must not start with '-'")
-    return Repository(url=url, scheme=scheme, host=host.lower(), port=port)
+    host = host.lower()
+    # The host git connects to must be the one checked and pinned: no IDN or escapes that
+    # git's resolver could read differently from ours.
+    if not _HOST.match(host) and not _is_ipv6(host):
+        raise SourceError("gitRepository host must be a DNS name (ASCII, xn-- for IDN, no final dot) or an IP address")
+    return Repository(url=url, scheme=scheme, host=host, port=port)
+
+
+def _is_ipv6(host: str) -> bool:
+    if "%" in host:  # a zone: meaningful only on this machine's links
+        return False
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_is_listed(host: str, port: int | None) -> bool:
@@ -73,24 +96,65 @@ def _host_is_listed(host: str, port: int | None) -> bool:
     return host in allowed or (port is not None and f"{host}:{port}" in allowed)
 
 
-def check_host_allowed(repo: Repository) -> None:
+def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for entry in settings.GIT_ALLOWED_HOSTS:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            pass  # a host name (or host:port)
+    return networks
+
+
+def carried_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    """The IPv4 address an IPv6 address stands for (IPv4-mapped, NAT64, 6to4, IPv4-compatible);
+    any other address stands for itself."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def address_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for addresses a fetch must not connect to: anything but public unicast, judged by
+    the IPv4 address an IPv6 one carries, unless GIT_ALLOWED_HOSTS lists it (or its network)."""
+    carried = carried_address(address)
+    if any(a in network for network in _allowed_networks() for a in (address, carried)):
+        return False
+    if any(carried in network for network in _NOT_GLOBAL):
+        return True
+    return not carried.is_global or carried.is_multicast
+
+
+def check_host_allowed(repo: Repository) -> tuple[str, ...]:
     """Refuse hosts that resolve to loopback, private, link-local or otherwise internal
-    addresses, unless the operator listed them in GIT_ALLOWED_HOSTS."""
+    addresses, unless GIT_ALLOWED_HOSTS lists the host or the addresses. Returns the addresses
+    accepted, for the fetch to connect to; empty for a host listed by name (any address will do)."""
     if _host_is_listed(repo.host, repo.port):
-        return
+        return ()
     try:
         infos = socket.getaddrinfo(repo.host, repo.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError, OSError):
         raise SourceError(f"git host {repo.host!r} does not resolve") from None
+    accepted: list[str] = []
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
+        text = info[4][0]
+        address = ipaddress.ip_address(text)
+        if "%" in text or address_refused(address):
             raise SourceError(
                 f"git host {repo.host!r} resolves to a non-public address ({address}); "
                 "list it in GIT_ALLOWED_HOSTS to allow it"
             )
+        if text not in accepted:
+            accepted.append(text)
+    if not accepted:
+        raise SourceError(f"git host {repo.host!r} does not resolve")
+    return tuple(accepted)
 
 
 def validate_ref(ref: str) -> str:

@@ -65,17 +65,15 @@ class BuildDirector:
 
     def fetch_source(self) -> str:
         info = self.job.source_info
-        source = git.Source(url=info["gitRepository"], ref=info.get("ref") or "", commit_sha=info.get("commitSha") or "")
-        from builds.services import gitsource
-
-        try:
-            gitsource.check_host_allowed(gitsource.parse_repository(source.url))
-        except gitsource.SourceError as exc:
-            raise errors.UserError(str(exc), code="SOURCE_REFUSED") from None
-        wanted = source.commit_sha or source.ref or "the default branch"
-        self.log.line(f"fetching {logs.mask_url_credentials(source.url)} at {wanted}")
+        source = git.checked_source(
+            url=info["gitRepository"], ref=info.get("ref") or "", commit_sha=info.get("commitSha") or ""
+        )
         home = self.workspace / "home"
         home.mkdir(parents=True, exist_ok=True)
+        git.require_free_disk(self.workspace)
+        wanted = source.commit_sha or source.ref or "the default branch"
+        pinned = f" from {', '.join(source.addresses)}" if source.addresses else ""
+        self.log.line(f"fetching {logs.mask_url_credentials(source.url)} at {wanted}{pinned}")
         fetcher = git.Fetcher(checkout=self.workspace / "src", guard=self.guard, log=self.log, home=home)
         sha = fetcher.fetch(source)
         self.log.line(f"checked out commit {sha}")
