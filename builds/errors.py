@@ -53,6 +53,8 @@ COMMIT_NOT_FOUND = "COMMIT_NOT_FOUND"            # commitSha unknown to the repo
 WORKING_DIR_INVALID = "WORKING_DIR_INVALID"      # workingDir/buildContextDir missing or escaping
 DOCKERFILE_NOT_FOUND = "DOCKERFILE_NOT_FOUND"    # no Dockerfile and nothing to generate
 DOCKERFILE_INVALID = "DOCKERFILE_INVALID"        # Dockerfile unreadable, symlink out, too big, parse error
+FRONTEND_NOT_ALLOWED = "FRONTEND_NOT_ALLOWED"    # a `# syntax=` line names an image not in BUILD_FRONTEND_ALLOW
+EGRESS_REFUSED = "EGRESS_REFUSED"                # ADD <url> or an image from a host builds may not reach
 UNSUPPORTED_RUNTIME = "UNSUPPORTED_RUNTIME"      # runtime/version not in runtimes.json
 NOTHING_TO_BUILD = "NOTHING_TO_BUILD"            # detection found nothing buildable
 COMMAND_NOT_ALLOWED = "COMMAND_NOT_ALLOWED"      # a command the allowlist refuses

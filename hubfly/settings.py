@@ -198,6 +198,10 @@ MIN_FREE_DISK = env_bytes("MIN_FREE_DISK", 1024**3)
 ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE", str(BASE_DIR / "configs/allowed-commands.json")))
 RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE", str(BASE_DIR / "configs/runtimes.json")))
 WORKSPACE_DIR = Path(env_str("WORKSPACE_DIR", str(DATA_DIR / "workspaces"))).resolve()
+# The key of each project's cache-mount namespace; every build host must have the same one.
+CACHE_NAMESPACE_SECRET = env_str("CACHE_NAMESPACE_SECRET") or _persistent_secret("cache-namespace-secret")
+# Images a Dockerfile's `# syntax=` line may name (repositories; any tag or digest).
+BUILD_FRONTEND_ALLOW = env_list("BUILD_FRONTEND_ALLOW") or ["docker/dockerfile"]
 # A running build renews its lease every HEARTBEAT_SECONDS; the reaper takes a job back once
 # its lease is LEASE_SECONDS old.
 HEARTBEAT_SECONDS = env_float("HEARTBEAT_SECONDS", 3.0, minimum=0.2)

@@ -30,7 +30,7 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
         det.version_request, det.version_source = sdk.group(1), "global.json"
     assembly = re.search(r"<AssemblyName>\s*([^<\s]+)\s*</AssemblyName>", text)
     name = assembly.group(1) if assembly else project.rsplit(".", 1)[0]
-    if not _NAME.match(name) or not _NAME.match(project):
+    if not _NAME.fullmatch(name) or not _NAME.fullmatch(project):
         det.fatal = f"the project name {name!r} has characters the generated Dockerfile cannot use; set runCommand"
         return det
     det.install = "dotnet restore"

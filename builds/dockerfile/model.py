@@ -59,6 +59,6 @@ def safe_relative_path(value: object) -> str | None:
     if not parts:
         return "."
     text = "/".join(parts)
-    if value.strip().startswith("/") or ".." in parts or not _SAFE_PATH.match(text):
+    if value.strip().startswith("/") or ".." in parts or not _SAFE_PATH.fullmatch(text):
         return None
     return text

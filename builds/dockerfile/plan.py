@@ -13,7 +13,7 @@ from builds import errors
 from builds.dockerfile import dotnet, golang, jvm, node, php, python, ruby, rust, static
 from builds.dockerfile.allowlist import Allowlist, load_allowlist
 from builds.dockerfile.files import RepoFiles
-from builds.dockerfile.model import Detection, Recipe
+from builds.dockerfile.model import Detection, Recipe, safe_relative_path
 from builds.dockerfile.runtimes import Runtime, Runtimes, load_runtimes
 from builds.errors import INVALID_BUILD_CONFIG, UserError
 
@@ -181,12 +181,17 @@ def _recipe(runtime: Runtime, version: str, det: Detection, commands: dict[str, 
         node_runtime = _runtime(runtimes, "node")
         node_version = _resolve_version(node_runtime, hints.get("node_version_request"), hints.get("node_version_source"))
         hints["node_image"] = node_runtime.images[node_version]["build"]
+    app_subdir = files.subdir if hints.get("workspace") else ""
+    if app_subdir and safe_relative_path(app_subdir) != app_subdir:
+        # It becomes WORKDIR and cache-mount paths; a symlinked workingDir can lead anywhere.
+        raise UserError(f"the app's directory {app_subdir!r} has characters a generated Dockerfile cannot "
+                        "use (only letters, digits and . _ @ + - are)", code=errors.WORKING_DIR_INVALID)
     return Recipe(
         runtime=runtime.name, version=version, images=runtime.images[version], framework=det.framework,
         package_manager=det.package_manager, install=commands.get("install"), build=commands.get("build"),
         run=commands.get("run"), port=config.port or det.port or MODULES[runtime.name].DEFAULT_PORT,
         static_dir=det.static_dir, static_image=static_image,
-        app_subdir=files.subdir if hints.get("workspace") else "", hints=hints,
+        app_subdir=app_subdir, hints=hints,
     )
 
 

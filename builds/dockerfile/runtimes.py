@@ -100,20 +100,20 @@ def parse_runtimes(data: object, source: str) -> Runtimes:
             raise fail(f"{name}: expected {{\"default\": ..., \"versions\": {{...}}}}")
         images: dict[str, dict[str, str]] = {}
         for version, roles in entry["versions"].items():
-            if not _VERSION.match(version):
+            if not _VERSION.fullmatch(version):
                 raise fail(f"{name}: bad version key {version!r}")
             if not isinstance(roles, dict):
                 raise fail(f"{name} {version}: expected an object of image roles")
             for role in ROLES[name]:
                 image = roles.get(role)
-                if not isinstance(image, str) or not _IMAGE.match(image):
+                if not isinstance(image, str) or not _IMAGE.fullmatch(image):
                     raise fail(f"{name} {version}: role {role!r} needs an image reference, got {image!r}")
             images[version] = {role: roles[role] for role in ROLES[name]}
         default = entry.get("default")
         if default not in images:
             raise fail(f"{name}: default {default!r} is not one of its versions")
         for alias in entry.get("aliases", []):
-            if not isinstance(alias, str) or not _NAME.match(alias):
+            if not isinstance(alias, str) or not _NAME.fullmatch(alias):
                 raise fail(f"{name}: bad alias {alias!r}")
             aliases[alias] = name
         runtimes[name] = Runtime(name=name, default=default, images=images)

@@ -13,7 +13,7 @@ from builds.dockerfile.writer import Cache, Dockerfile
 
 DEFAULT_PORT = 8080
 FRAMEWORKS = {"axum": 3000, "actix-web": 8080, "rocket": 8000, "warp": 3030, "poem": 3000}
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _CACHES = (Cache("cargo-registry", "/usr/local/cargo/registry"), Cache("cargo-git", "/usr/local/cargo/git"))
 
 
@@ -34,6 +34,9 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     if binary is None:
         det.fatal = "Cargo.toml builds no binary (no [[bin]], default-run or src/main.rs); set runCommand"
         return det
+    if not _NAME.fullmatch(binary):
+        det.fatal = f"the binary name {binary!r} has characters the generated Dockerfile cannot use; set runCommand"
+        return det
     locked = " --locked" if files.is_file("Cargo.lock") else ""
     det.build = f"cargo build --release{locked}"
     det.run = "./app"
@@ -47,7 +50,7 @@ def _binary(files: RepoFiles, cargo: dict, package: dict) -> str | None:
     name = package.get("default-run") or (bins[0] if len(bins) == 1 else None)
     if not name and files.is_file("src/main.rs"):
         name = package.get("name")
-    return name if isinstance(name, str) and _NAME.match(name) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _rust_version(files: RepoFiles, package: dict) -> tuple[str | None, str | None]:

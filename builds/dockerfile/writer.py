@@ -1,21 +1,27 @@
 """Writing Dockerfile text: instructions, cache mounts, the non-root user and the start command.
 
 Only text that is ours or that passed the allowlist reaches these helpers; paths and ports are
-validated by the callers. Cache mounts are namespaced by the HUBFLY_CACHE_ID build argument
-(the pipeline passes one per project) so one tenant's build cannot plant files in another's
-package cache.
+validated by the callers. As a last line of defence a line holding a newline or other control
+character, or ending in the escape character (a backslash), is refused with DOCKERFILE_INVALID:
+either would let a value from the repository start or join an instruction. Cache mounts are
+namespaced by the HUBFLY_CACHE_ID build argument (the pipeline passes one per project) so one
+tenant's build cannot plant files in another's package cache.
 """
 
 import json
 import re
 from dataclasses import dataclass
 
+from builds import errors
+from builds.errors import UserError
+
 CACHE_ARG = "HUBFLY_CACHE_ID"
 APP_USER = "app"
 APP_UID = 10001
-_PLAIN_WORD = re.compile(r"^[A-Za-z0-9:._/@%+,=-]+$")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9:._/@%+,=-]+")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_ENV_VALUE = re.compile(r"^[A-Za-z0-9:._/@%+,=-]*$")
+_ENV_VALUE = re.compile(r"[A-Za-z0-9:._/@%+,=-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -34,28 +40,35 @@ class Dockerfile:
         self.lines: list[str] = []
         self._stage_has_cache_arg = False
 
+    def _add(self, line: str) -> None:
+        if _CONTROL.search(line) or line.endswith("\\"):
+            shown = line if len(line) <= 200 else line[:200] + "..."
+            raise UserError(f"refusing to write {shown!r} into the generated Dockerfile: it holds a control "
+                            "character or ends in a backslash", code=errors.DOCKERFILE_INVALID)
+        self.lines.append(line)
+
     def stage(self, image: str, name: str | None = None) -> "Dockerfile":
         if self.lines:
-            self.lines.append("")
-        self.lines.append(f"FROM {image}" + (f" AS {name}" if name else ""))
+            self._add("")
+        self._add(f"FROM {image}" + (f" AS {name}" if name else ""))
         self._stage_has_cache_arg = False
         return self
 
     def comment(self, text: str) -> "Dockerfile":
-        self.lines.append(f"# {text}")
+        self._add(f"# {text}")
         return self
 
     def raw(self, line: str) -> "Dockerfile":
-        self.lines.append(line)
+        self._add(line)
         return self
 
     def workdir(self, path: str) -> "Dockerfile":
-        self.lines.append(f"WORKDIR {path}")
+        self._add(f"WORKDIR {path}")
         return self
 
     def env(self, **values: str | int) -> "Dockerfile":
         if values:
-            self.lines.append("ENV " + " ".join(f"{key}={env_value(str(value))}" for key, value in values.items()))
+            self._add("ENV " + " ".join(f"{key}={env_value(str(value))}" for key, value in values.items()))
         return self
 
     def copy(self, sources: list[str] | str, dest: str, *, from_stage: str | None = None,
@@ -67,7 +80,7 @@ class Dockerfile:
             flags.append(f"--chown={APP_USER}:{APP_USER}")
         flags.extend(f"--exclude={pattern}" for pattern in exclude)
         sources = [sources] if isinstance(sources, str) else sources
-        self.lines.append(" ".join(["COPY", *flags, *sources, dest]))
+        self._add(" ".join(["COPY", *flags, *sources, dest]))
         return self
 
     def copy_source(self, dest: str = ".") -> "Dockerfile":
@@ -90,18 +103,19 @@ class Dockerfile:
 
     def run(self, command: str, caches: tuple[Cache, ...] | list[Cache] = ()) -> "Dockerfile":
         if caches and not self._stage_has_cache_arg:
-            self.lines.append(f"ARG {CACHE_ARG}=default")
+            self._add(f"ARG {CACHE_ARG}=default")
             self._stage_has_cache_arg = True
         mounts = "".join(cache.mount() + " " for cache in caches)
-        self.lines.append(f"RUN {mounts}{command}")
+        self._add(f"RUN {mounts}{command}")
         return self
 
     def file(self, path: str, content: str) -> "Dockerfile":
         """A file written from a quoted here-document (no variable expansion)."""
         assert "\nEOF\n" not in f"\n{content}\n"
-        self.lines.append(f"COPY <<'EOF' {path}")
-        self.lines.extend(content.rstrip("\n").split("\n"))
-        self.lines.append("EOF")
+        self._add(f"COPY <<'EOF' {path}")
+        for line in content.rstrip("\n").split("\n"):
+            self._add(line)
+        self._add("EOF")
         return self
 
     def create_user(self) -> "Dockerfile":
@@ -112,15 +126,15 @@ class Dockerfile:
         )
 
     def user(self) -> "Dockerfile":
-        self.lines.append(f"USER {APP_USER}")
+        self._add(f"USER {APP_USER}")
         return self
 
     def expose(self, port: int) -> "Dockerfile":
-        self.lines.append(f"EXPOSE {port}")
+        self._add(f"EXPOSE {port}")
         return self
 
     def start(self, command: str, instruction: str = "CMD") -> "Dockerfile":
-        self.lines.append(f"{instruction} {start_command(command)}")
+        self._add(f"{instruction} {start_command(command)}")
         return self
 
     def text(self) -> str:
@@ -128,7 +142,7 @@ class Dockerfile:
 
 
 def env_value(value: str) -> str:
-    return value if _ENV_VALUE.match(value) else json.dumps(value)
+    return value if _ENV_VALUE.fullmatch(value) else json.dumps(value)
 
 
 def start_command(command: str) -> str:
@@ -141,7 +155,7 @@ def start_command(command: str) -> str:
     """
     parts = [part.strip() for part in command.split("&&")]
     words = parts[0].split(" ")
-    if len(parts) == 1 and all(_PLAIN_WORD.match(w) for w in words) and not _ASSIGNMENT.match(words[0]):
+    if len(parts) == 1 and all(_PLAIN_WORD.fullmatch(w) for w in words) and not _ASSIGNMENT.match(words[0]):
         return json.dumps(words)
     last = parts[-1]
     if not last.startswith(("exec ", "cd ")):

@@ -3,14 +3,23 @@
 The repository is hostile: every path is resolved and must stay inside the checkout, the
 Dockerfile must be a regular file of sane size, and it is copied into a directory of our own
 before buildctl sees it, so a symlinked Dockerfile can never make us read a host file.
+
+A Dockerfile may pick the BuildKit frontend that parses it (`# syntax=<image>`): code of the
+repository's choosing that BuildKit would run. Whichever Dockerfile buildctl is given, the image
+it names must be a repository listed in BUILD_FRONTEND_ALLOW, else FRONTEND_NOT_ALLOWED.
 """
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
+
 from builds import errors
 from builds.errors import UserError
+from hubfly.env import ConfigError
 
 MAX_DOCKERFILE_BYTES = 1024 * 1024
 
@@ -69,6 +78,7 @@ def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Pa
 
     data = read_repository_dockerfile(checkout, app_dir, dockerfile_rel)
     if data is not None:
+        check_frontend(data)
         (out_dir / "Dockerfile").write_bytes(data)
         return BuildInputs(context_dir, out_dir, "Dockerfile", False, f"using the repository's {dockerfile_rel}")
     if build_config.get("dockerfilePath"):
@@ -80,6 +90,7 @@ def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Pa
             "the repository has no Dockerfile and buildConfig names no runtime (set runtime, or isAutoBuild)",
             code=errors.DOCKERFILE_NOT_FOUND,
         )
+    check_frontend(plan.dockerfile.encode())
     (out_dir / "Dockerfile").write_text(plan.dockerfile)
     for warning in plan.warnings:
         log.line(f"warning: {warning}")
@@ -98,3 +109,89 @@ def generate(*, app_dir: Path, checkout: Path, build_config: dict):
     from builds.dockerfile import plan_build
 
     return plan_build(app_dir, build_config, repo_root=checkout)
+
+
+# --- The frontend a Dockerfile selects --------------------------------------------------------
+
+# BuildKit's directive line (parser/directives.go) is `^#\s*(key)\s*=\s*(value)\s*$`, also with
+# `//`, read only until the first line that is not one. We read every comment line before the
+# first instruction, with leading blanks and any Unicode space allowed: a superset of what
+# BuildKit may take for a directive. The value is trimmed of Go's `\s` only, so it is never
+# cleaner than the one BuildKit would use. (No lazy `.+?\s*$`: quadratic on a long line.)
+_DIRECTIVE = re.compile(r"\s*(?:#|//)\s*([A-Za-z][A-Za-z0-9]*)\s*=(.*)")
+_GO_SPACE = " \t\n\f\r"
+_MAX_REFERENCE = 1024
+_DOMAIN_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"((?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*)"  # the repository
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # tag
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",  # digest
+    re.ASCII,
+)
+
+
+def frontend_references(data: bytes) -> list[str]:
+    """Every image reference the Dockerfile could select as its frontend: `# syntax=` (and
+    BuildKit's other spellings: `//` comments, a JSON document's "syntax" key)."""
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    values = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith(("#", "//")):
+            break  # the first instruction: directives come before it
+        match = _DIRECTIVE.match(line)
+        if match and match.group(1).lower() == "syntax" and match.group(2).strip(_GO_SPACE):
+            values.append(match.group(2).strip(_GO_SPACE))
+    body = text.partition("\n")[2] if text.startswith("#!") else text  # BuildKit skips a shebang line
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("syntax"), str):
+        values.append(document["syntax"])
+    return [value.split(" ", 1)[0] for value in values]  # BuildKit passes the rest as arguments
+
+
+def normalised_repository(reference: str) -> str | None:
+    """The repository a reference names, as BuildKit resolves it (`docker/dockerfile:1` ->
+    `docker.io/docker/dockerfile`), or None when it is not a valid reference."""
+    match = _REFERENCE.fullmatch(reference) if len(reference) <= _MAX_REFERENCE else None
+    if match is None:
+        return None
+    name = match.group(1)
+    first, _, rest = name.partition("/")
+    if not rest or ("." not in first and ":" not in first and first != "localhost" and first.lower() == first):
+        domain, path = "docker.io", name
+    else:
+        domain, path = first, rest
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    if domain == "docker.io" and "/" not in path:
+        path = f"library/{path}"
+    return f"{domain}/{path}"
+
+
+def allowed_frontends() -> set[str]:
+    allowed = set()
+    for entry in settings.BUILD_FRONTEND_ALLOW:
+        match = _REFERENCE.fullmatch(entry)
+        if match is None or match.group(1) != entry:
+            raise ConfigError(f"BUILD_FRONTEND_ALLOW: {entry!r} is not an image repository (without tag or digest)")
+        allowed.add(normalised_repository(entry))
+    return allowed
+
+
+def check_frontend(data: bytes) -> None:
+    """A FRONTEND_NOT_ALLOWED UserError when the Dockerfile selects a frontend image that
+    BUILD_FRONTEND_ALLOW does not list."""
+    allowed = allowed_frontends()
+    for reference in frontend_references(data):
+        if normalised_repository(reference) not in allowed:
+            raise UserError(
+                f"the Dockerfile's syntax directive names the frontend {reference[:200]!r}, which is not "
+                f"allowed (allowed: {', '.join(settings.BUILD_FRONTEND_ALLOW)})",
+                code=errors.FRONTEND_NOT_ALLOWED,
+            )
