@@ -257,7 +257,7 @@ class JobAdmin(admin.ModelAdmin):
             data.is_valid(raise_exception=True)
             check_generation_settings(data.validated_data.get("buildConfig") or {})
             new, _ = jobs.job_create(data=data.validated_data)
-        except (ApiError, ValidationError, jobs.JobConflict) as exc:
+        except (ApiError, ValidationError, jobs.JobConflict, jobs.SecretsUnreadable) as exc:
             reason = first_message(exc.detail) if isinstance(exc, ValidationError) else getattr(exc, "message", "id taken")
             self.message_user(request, f"Cannot rebuild job {job.id}: {reason}", messages.ERROR)
             return None

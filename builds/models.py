@@ -25,7 +25,10 @@ class Job(models.Model):
     source_type = models.CharField(max_length=16, default="git")
     # gitRepository may hold credentials: it is used for the fetch and masked everywhere else.
     source_info = models.JSONField(default=dict)
+    # As accepted, without the values of the env entries `secrets` names: those are in
+    # secret_values, encrypted (builds.services.jobs), and removed by log retention.
     build_config = models.JSONField(default=dict)
+    secret_values = models.TextField(blank=True, default="", editable=False)
     # Hash of the accepted request: a client retry with the same body gets the same job back.
     request_fingerprint = models.CharField(max_length=64, editable=False)
 

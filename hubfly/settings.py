@@ -37,6 +37,26 @@ def _persistent_secret(name: str, nbytes: int = 32) -> str:
 
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY") or _persistent_secret("django-secret-key")
+
+
+def _secrets_keys() -> list[str]:
+    """SECRETS_KEY: keys of the jobs' secret values at rest (builds.services.jobs), each 32
+    random bytes in URL-safe base64. The first encrypts; the others still decrypt (rotation)."""
+    from base64 import urlsafe_b64decode
+
+    keys = env_list("SECRETS_KEY") or [_persistent_secret("secrets-key")]
+    for number, key in enumerate(keys, 1):
+        try:
+            valid = len(urlsafe_b64decode(key + "=" * (-len(key) % 4))) == 32
+        except ValueError:
+            valid = False
+        if not valid or not key.rstrip("=").replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"SECRETS_KEY: key {number} is not 32 bytes in URL-safe base64 "
+                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return keys
+
+
+SECRETS_KEYS = _secrets_keys()
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or ["*"]
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -132,7 +152,7 @@ MAX_REQUEST_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["builds.api.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["builds.api.middleware.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "builds.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,

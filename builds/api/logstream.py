@@ -10,13 +10,20 @@ requests. Authentication and error bodies are the API's: the same bearer tokens,
 - `Accept: text/event-stream`: the same as events whose `id:` is the byte offset after their
   lines; `Last-Event-ID` (or `?offset=`) resumes there. The last event is `event: end` with
   `{"status", "offset"}` as data.
+
+The route takes no request body. Django's ASGI handler reads a whole body (spooling a large one
+to disk) before any middleware or view runs, so `refuse_request_body` answers a request that
+declares one before Django sees it, without reading a byte of it.
 """
+
+import json
 
 from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 from rest_framework import exceptions
 
 from builds.api.auth import BearerTokenAuthentication
+from builds.api.middleware import body_refusal
 from builds.models import FINAL_STATUSES
 from builds.services import follow, logs
 from builds.services.follow import LogCursor, LogStreamingResponse
@@ -48,6 +55,36 @@ def _offset(value: str | None, name: str) -> int | None:
 
 def wants_events(request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _body_refusal(scope) -> tuple[int, str, str, list] | None:
+    headers = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.lower(), value.decode("latin-1"))
+    refusal = body_refusal(headers.get(b"content-length"), headers.get(b"transfer-encoding"))
+    if refusal:
+        return (*refusal, [])
+    if scope["method"] not in ("GET", "HEAD"):
+        return 405, "METHOD_NOT_ALLOWED", f'method "{scope["method"]}" not allowed', [(b"allow", b"GET, HEAD")]
+    if int(headers.get(b"content-length") or 0):  # a valid number: body_refusal has read it
+        return 400, "BAD_REQUEST", "this endpoint takes no request body", []
+    return None
+
+
+def refuse_request_body(app):
+    """ASGI middleware for the log route: a request with a body is answered unread."""
+
+    async def guarded(scope, receive, send):
+        refusal = _body_refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            return await app(scope, receive, send)
+        status, code, message, extra_headers = refusal
+        body = json.dumps({"error": code, "message": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra_headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return guarded
 
 
 def _plan(request, job_id: str) -> LogCursor | tuple[LogCursor, int]:

@@ -1,7 +1,32 @@
-"""Refuse request bodies over MAX_REQUEST_BODY_BYTES with 413 before anything reads them."""
+"""Limits on request bodies: the size, checked before anything reads a body, and the nesting
+depth of JSON, checked before Python's recursive parser sees it."""
+
+import io
+import re
 
 from django.conf import settings
 from django.http import JsonResponse
+from rest_framework import parsers
+
+from builds.api.errors import ApiError
+
+# Job requests nest three levels; the parser recurses once per level and would fail with
+# RecursionError (a 500) near a thousand.
+MAX_JSON_DEPTH = 32
+
+
+def body_refusal(content_length: str | None, transfer_encoding: str | None) -> tuple[int, str, str] | None:
+    """(status, code, message) when a request's declared body must be refused unread."""
+    try:
+        length = int(content_length or 0)
+    except ValueError:
+        return 400, "BAD_REQUEST", "invalid Content-Length"
+    if not length and transfer_encoding:
+        # Django reads a body by its Content-Length only; without one it would see none.
+        return 411, "LENGTH_REQUIRED", "send the request body with a Content-Length header"
+    if length > settings.MAX_REQUEST_BODY_BYTES:
+        return 413, "PAYLOAD_TOO_LARGE", f"request bodies are limited to {settings.MAX_REQUEST_BODY_BYTES} bytes"
+    return None
 
 
 class BodySizeLimitMiddleware:
@@ -9,19 +34,47 @@ class BodySizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return JsonResponse({"error": "BAD_REQUEST", "message": "invalid Content-Length"}, status=400)
-        if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-            # Django reads a body by its Content-Length only; without one it would see none.
-            return JsonResponse(
-                {"error": "LENGTH_REQUIRED", "message": "send the request body with a Content-Length header"},
-                status=411,
-            )
-        if length > settings.MAX_REQUEST_BODY_BYTES:
-            return JsonResponse(
-                {"error": "PAYLOAD_TOO_LARGE", "message": f"request bodies are limited to {settings.MAX_REQUEST_BODY_BYTES} bytes"},
-                status=413,
-            )
+        refusal = body_refusal(request.META.get("CONTENT_LENGTH"), request.META.get("HTTP_TRANSFER_ENCODING"))
+        if refusal:
+            status, code, message = refusal
+            return JsonResponse({"error": code, "message": message}, status=status)
         return self.get_response(request)
+
+
+_JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')
+
+
+def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if arrays and objects nest deeper than `limit`; brackets inside strings do not
+    count. Linear in the body's size, whatever it holds (invalid JSON is the parser's call)."""
+    depth, in_string, escaped_at = 0, False, -1
+    for match in _JSON_SPECIAL.finditer(raw):
+        position = match.start()
+        if position == escaped_at:
+            continue
+        char = raw[position : position + 1]
+        if in_string:
+            if char == b"\\":
+                escaped_at = position + 1
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser behind a nesting limit. DRF parses after authentication, and the
+    body is already known to be within MAX_REQUEST_BODY_BYTES."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        raw = stream.read() if stream is not None else b""
+        if json_too_deep(raw):
+            raise ApiError(400, "VALIDATION_ERROR", f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+        return super().parse(io.BytesIO(raw), media_type, parser_context)

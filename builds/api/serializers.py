@@ -187,6 +187,11 @@ class BuildConfigInput(serializers.Serializer):
         bad = [key for key in value if not ENV_KEY.match(key)]
         if bad:
             raise serializers.ValidationError(f"invalid variable name {bad[0][:64]!r}")
+        # env entries become build args, and BuildKit reads BUILDKIT_* build args as its own
+        # settings (the frontend image, keeping .git, inline cache...).
+        reserved = [key for key in value if key.upper().startswith("BUILDKIT_")]
+        if reserved:
+            raise serializers.ValidationError(f"{reserved[0]!r} is reserved: BUILDKIT_* variables steer BuildKit")
         return value
 
     def validate_dockerfilePath(self, value):

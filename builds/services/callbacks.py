@@ -77,6 +77,17 @@ def signature(secret: str, timestamp: str, event_id: str, body: bytes) -> str:
     return "v1=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is a failed attempt: urllib would re-send a redirected POST as a GET
+    without its body, to wherever the Location says."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_RefuseRedirects)
+
+
 def _post(event: CallbackEvent) -> tuple[int | None, str]:
     body = event.body.encode()
     headers = {"Content-Type": "application/json", "X-Hubfly-Event-Id": str(event.id), "User-Agent": "hubfly-builder"}
@@ -86,11 +97,11 @@ def _post(event: CallbackEvent) -> tuple[int | None, str]:
         headers["X-Hubfly-Signature"] = signature(settings.CALLBACK_SECRET, ts, str(event.id), body)
     request = urllib.request.Request(event.url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=settings.CALLBACK_TIMEOUT_SECONDS) as response:
+        with _opener.open(request, timeout=settings.CALLBACK_TIMEOUT_SECONDS) as response:
             response.read(4096)
             return response.status, ""
     except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}"
+        return exc.code, f"HTTP {exc.code}" + (" (redirects are not followed)" if 300 <= exc.code < 400 else "")
     except Exception as exc:  # network errors of every kind are retried the same way
         return None, f"{type(exc).__name__}: {exc}"[:500]
 

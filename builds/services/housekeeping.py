@@ -1,4 +1,5 @@
-"""Periodic clean-up, safe to run twice: old logs, orphaned workspaces, delivered broker rows."""
+"""Periodic clean-up, safe to run twice: old logs with their jobs' secret values and callback
+bodies, orphaned workspaces, delivered broker rows."""
 
 import logging
 import shutil
@@ -8,16 +9,29 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, LogChunk
+from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackEvent, Job, LogChunk
 
 log = logging.getLogger(__name__)
 
 
-def prune_logs() -> int:
+def _old_jobs():
     cutoff = timezone.now() - timedelta(days=settings.LOG_RETENTION_DAYS)
-    old_jobs = Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff).values("pk")
-    deleted, _ = LogChunk.objects.filter(job__in=old_jobs).delete()
+    return Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff).values("pk")
+
+
+def prune_logs() -> int:
+    deleted, _ = LogChunk.objects.filter(job__in=_old_jobs()).delete()
     return deleted
+
+
+def prune_secrets() -> int:
+    """Old jobs' secret values, and the bodies of their callbacks once no longer due."""
+    cleared = Job.objects.filter(pk__in=_old_jobs()).exclude(secret_values="").update(secret_values="")
+    cleared += (
+        CallbackEvent.objects.filter(job__in=_old_jobs()).exclude(state=CallbackEvent.State.PENDING).exclude(body="")
+        .update(body="")
+    )
+    return cleared
 
 
 def prune_workspaces(min_age_seconds: float = 3600) -> int:
@@ -58,6 +72,7 @@ def prune_broker() -> int:
 
 
 def prune() -> dict:
-    result = {"log_chunks": prune_logs(), "workspaces": prune_workspaces(), "broker_rows": prune_broker()}
+    result = {"log_chunks": prune_logs(), "secrets": prune_secrets(), "workspaces": prune_workspaces(),
+              "broker_rows": prune_broker()}
     log.info("housekeeping: %s", result)
     return result

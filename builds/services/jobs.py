@@ -1,11 +1,23 @@
-"""Creating jobs and presenting them (contract 1.1 and 1.2)."""
+"""Creating jobs and presenting them (contract 1.1 and 1.2), and the jobs' secret values.
 
+A job's secret values (the `env` entries its `secrets` names) never stay in `build_config`:
+they are stored encrypted in `secret_values` (Fernet, with the first key of SECRETS_KEY; the
+other keys still decrypt, so a key can be rotated while jobs wait). Only the build, and the
+comparison of a repeated request, decrypt them.
+"""
+
+import base64
+import functools
 import hashlib
+import hmac
 import json
 
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from builds.errors import BuildError
 from builds.models import Job
 from builds.services import dispatch, logs
 from builds.services.callbacks import iso
@@ -15,14 +27,84 @@ class JobConflict(Exception):
     """A job with this id exists and was created from a different request."""
 
 
+class SecretsUnreadable(BuildError):
+    """The job's secret values cannot be read: no key of SECRETS_KEY decrypts them, or log
+    retention removed them. Not retried: no later attempt can read them either."""
+
+    code = "SECRETS_UNREADABLE"
+
+
+@functools.cache
+def _cipher(keys: tuple[str, ...]) -> MultiFernet:
+    # settings.py has checked that each key is 32 bytes of URL-safe base64, padded or not;
+    # Fernet wants them padded.
+    raw = [base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)) for key in keys]
+    return MultiFernet([Fernet(base64.urlsafe_b64encode(key)) for key in raw])
+
+
+def seal_secrets(values: dict[str, str]) -> str:
+    if not values:
+        return ""
+    return _cipher(tuple(settings.SECRETS_KEYS)).encrypt(_canonical(values)).decode()
+
+
+def job_secrets(job: Job) -> dict[str, str]:
+    """The job's secret env entries, decrypted; raises SecretsUnreadable."""
+    config = job.build_config or {}
+    keys = config.get("secrets") or []
+    if not keys:
+        return {}
+    if not job.secret_values:
+        raise SecretsUnreadable("the job's secret values were removed by log retention")
+    try:
+        return json.loads(_cipher(tuple(settings.SECRETS_KEYS)).decrypt(job.secret_values.encode()))
+    except InvalidToken:
+        raise SecretsUnreadable(
+            "no key in SECRETS_KEY decrypts this job's secret values (was the key replaced without keeping the old one?)"
+        ) from None
+
+
+def build_config_with_secrets(job: Job) -> dict:
+    """The build config as the client sent it, secret values included (for a rebuild)."""
+    config = dict(job.build_config or {})
+    secrets = job_secrets(job)
+    if secrets:
+        config["env"] = {**(config.get("env") or {}), **secrets}
+    return config
+
+
+def _canonical(data) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _split_secrets(build_config: dict) -> tuple[dict, dict[str, str]]:
+    """(the config without secret values, the secret values)."""
+    keys = set(build_config.get("secrets") or [])
+    env = build_config.get("env") or {}
+    secrets = {k: v for k, v in env.items() if k in keys}
+    if not secrets:
+        return build_config, {}
+    return {**build_config, "env": {k: v for k, v in env.items() if k not in keys}}, secrets
+
+
 def fingerprint(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """Of a request without its secret values: the values are compared decrypted instead."""
+    return hashlib.sha256(_canonical(data)).hexdigest()
+
+
+def _same_secrets(job: Job, secrets: dict[str, str]) -> bool:
+    try:
+        stored = job_secrets(job)
+    except SecretsUnreadable:  # nothing to compare with: not provably the same request
+        return False
+    return hmac.compare_digest(_canonical(stored), _canonical(secrets))
 
 
 def job_create(*, data: dict) -> tuple[Job, bool]:
     """Store a validated request as a pending job and queue it once committed.
     Returns (job, created); the same request again returns the existing job."""
-    digest = fingerprint(data)
+    build_config, secrets = _split_secrets(data.get("buildConfig") or {})
+    digest = fingerprint({**data, "buildConfig": build_config} if secrets else data)
     existing = Job.objects.filter(pk=data["id"]).first()
     if existing is None:
         try:
@@ -33,7 +115,8 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                     user_id=data["userId"],
                     source_type=data.get("sourceType", "git"),
                     source_info=data["sourceInfo"],
-                    build_config=data.get("buildConfig") or {},
+                    build_config=build_config,
+                    secret_values=seal_secrets(secrets),
                     request_fingerprint=digest,
                     enqueued_at=timezone.now(),
                 )
@@ -42,7 +125,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
             return job, True
         except IntegrityError:  # a concurrent request with the same id won
             existing = Job.objects.get(pk=data["id"])
-    if existing.request_fingerprint != digest:
+    if existing.request_fingerprint != digest or not _same_secrets(existing, secrets):
         raise JobConflict()
     return existing, False
 
@@ -56,9 +139,10 @@ def masked_source_info(job: Job) -> dict:
 
 def masked_build_config(job: Job) -> dict:
     config = dict(job.build_config or {})
-    secret_keys = set(config.get("secrets") or [])
-    if config.get("env"):
-        config["env"] = {k: (logs.MASK if k in secret_keys else v) for k, v in config["env"].items()}
+    secret_keys = config.get("secrets") or []
+    if config.get("env") or secret_keys:
+        shown = {k: (logs.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
+        config["env"] = {**shown, **{k: logs.MASK for k in secret_keys}}
     return config
 
 

@@ -26,10 +26,17 @@ def mask_url_credentials(text: str) -> str:
 
 
 class Masker:
-    """Replaces secret values and URL credentials in text before anybody can see it."""
+    """Replaces secret values and URL credentials in text before anybody can see it.
+
+    Build output is masked line by line, so a secret of several lines (a PEM key) is also
+    masked line by line: each of its lines is a secret value of its own."""
 
     def __init__(self, secrets: Iterable[str] = ()):
-        values = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+        candidates = set()
+        for secret in secrets:
+            candidates.add(secret)
+            candidates.update(line.strip() for line in secret.splitlines())
+        values = sorted({s for s in candidates if s and len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
 
     def __call__(self, text: str) -> str:

@@ -20,7 +20,7 @@ from django.conf import settings
 from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
-from builds.services import buildkit, dockerfiles, git, lifecycle, logs, naming, process
+from builds.services import buildkit, dockerfiles, git, jobs, lifecycle, logs, naming, process
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,13 @@ class Outcome:
 
 
 class BuildDirector:
-    def __init__(self, job: Job, lease: uuid.UUID):
+    def __init__(self, job: Job, lease: uuid.UUID, secrets: dict[str, str] | None = None):
         self.job = job
         self.lease = lease
         config = job.build_config or {}
-        env = config.get("env") or {}
+        self.secrets = jobs.job_secrets(job) if secrets is None else secrets
         secret_keys = set(config.get("secrets") or [])
-        self.secrets = {k: v for k, v in env.items() if k in secret_keys}
-        self.build_args = {k: v for k, v in env.items() if k not in secret_keys}
+        self.build_args = {k: v for k, v in (config.get("env") or {}).items() if k not in secret_keys}
         self.log = logs.LogWriter(job.id, logs.Masker(self.secrets.values()))
         timeout = config.get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
         self.guard = process.Guard(
@@ -190,4 +189,11 @@ def run_job(job_id: str) -> Outcome:
     if lease is None:
         return Outcome()
     job = Job.objects.get(pk=job_id)
-    return BuildDirector(job, lease).run()
+    try:
+        secrets = jobs.job_secrets(job)
+    except jobs.SecretsUnreadable as exc:
+        # No attempt could read them (SECRETS_KEY lost or rotated away): the job fails for good.
+        logs.append_text(job.id, f"error [{exc.code}]: {exc.message}")
+        lifecycle.job_finish(job_id=job.id, lease=lease, status=Status.FAILED, error_code=exc.code, error=exc.message)
+        return Outcome()
+    return BuildDirector(job, lease, secrets).run()

@@ -8,6 +8,7 @@ at the front part to stay within 128 characters.
 import re
 
 from builds.models import Job
+from builds.services import jobs
 
 MAX_ID_LENGTH = 128
 _SUFFIX = re.compile(r"-r(\d+)$")
@@ -26,7 +27,7 @@ def rebuild_id(job_id: str) -> str:
 
 
 def rebuild_request(job: Job) -> dict:
-    """The job's original request (credentials and secret values included, as stored) under a
+    """The job's original request (credentials and secret values included, decrypted) under a
     new id, for the same validation and `jobs.job_create` as an API request."""
     return {
         "id": rebuild_id(job.id),
@@ -34,5 +35,5 @@ def rebuild_request(job: Job) -> dict:
         "userId": job.user_id,
         "sourceType": job.source_type,
         "sourceInfo": dict(job.source_info or {}),
-        "buildConfig": dict(job.build_config or {}),
+        "buildConfig": jobs.build_config_with_secrets(job),
     }
