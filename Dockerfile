@@ -9,7 +9,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN --mount=type=cache,target=/root/.cache/pip pip install -r requirements.txt
 COPY . .
-RUN useradd --system --uid 10001 --home /data hubfly && mkdir -p /data /log && chown hubfly /data /log
+RUN useradd --system --uid 10001 --home /data hubfly && mkdir -p /data /log /registry-auth \
+    && chown hubfly /data /log /registry-auth
 USER hubfly
 ENV DATA_DIR=/data LOG_DIR=/log PYTHONUNBUFFERED=1
 EXPOSE 8080

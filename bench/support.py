@@ -294,7 +294,11 @@ class Infra:
         log_dir = self.root / "log"
         self.registry_addr = f"127.0.0.1:{free_port()}"
         self.buildkit_addr = f"unix://{self.root}/buildkitd.sock"
-        self.procs.append(localservices.start_registry(self.root, self.registry_addr, log_dir / "registry.log"))
+        credentials = localservices.registry_credentials(self.root)
+        # This process pushes base images and reads what builds pushed, with the builder's pair.
+        os.environ.update({"REGISTRY_USERNAME": credentials.username, "REGISTRY_PASSWORD": credentials.password})
+        self.procs.append(localservices.start_registry(self.root, self.registry_addr, log_dir / "registry.log",
+                                                       credentials))
         self.procs.append(localservices.start_buildkitd(self.root, self.buildkit_addr, self.registry_addr,
                                                         log_dir / "buildkitd.log"))
         images = {}
@@ -346,6 +350,8 @@ class Instance:
             "PORT": str(self.port),
             "REGISTRY_URL": self.infra.registry_addr,
             "REGISTRY_INSECURE": "true",
+            "REGISTRY_USERNAME": os.environ.get("REGISTRY_USERNAME", ""),
+            "REGISTRY_PASSWORD": os.environ.get("REGISTRY_PASSWORD", ""),
             "BUILDKIT_ADDR": self.infra.buildkit_addr,
             "CALLBACK_URL": self.callback_url,
             "BUILDER_API_TOKENS": self.token,

@@ -1,12 +1,23 @@
-"""Start the local infrastructure a build needs: a plain-HTTP registry and a rootful buildkitd.
+"""Start the local infrastructure a build needs: a plain-HTTP registry that only the builder
+may write to, and a rootful buildkitd whose RUN steps get a network of their own.
 
-Used by the dev Procfile (`python -m hubfly.localservices up ...`) and by the test fixtures.
-Standard library only, so it runs before (and without) Django.
+Used by `scripts/run` (`python -m hubfly.localservices up ...`), the test fixtures and the
+benchmarks. Standard library and bcrypt only, so it runs before (and without) Django.
+
+- The registry asks for credentials on every request (htpasswd). They come from
+  REGISTRY_USERNAME/REGISTRY_PASSWORD, or are generated once into DATA_DIR/registry-credentials
+  (0600), where the service's settings find them too.
+- Official images (`FROM debian:...`) resolve through the registry's `hubfly-mirror/docker.io/`
+  namespace: a tenant's images are `<user>/<project>` (two components, three for the build
+  cache), so no job's push can ever land on an image other jobs pull.
+- buildkitd runs RUN steps on a CNI bridge with the egress policy of hubfly.buildnet, installed
+  before it starts and removed when it stops.
 """
 
 import argparse
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -14,9 +25,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hubfly import buildnet
+
+MIRROR_PREFIX = "hubfly-mirror/docker.io"
 REGISTRY_START_SECONDS = 20.0
 BUILDKITD_START_SECONDS = 60.0
 POLL_SECONDS = 0.2
@@ -34,6 +49,43 @@ def find_binary(name: str) -> str:
     if not found:
         raise ServiceError(f"{name} is not installed (scripts/install-buildkit.sh installs BuildKit)")
     return found
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def registry_credentials(data_dir: Path) -> Credentials:
+    """REGISTRY_USERNAME/REGISTRY_PASSWORD, else the pair generated once into DATA_DIR."""
+    username, password = os.environ.get("REGISTRY_USERNAME", ""), os.environ.get("REGISTRY_PASSWORD", "")
+    if username and password:
+        return Credentials(username, password)
+    path = Path(data_dir) / "registry-credentials"
+    try:
+        user, _, secret = path.read_text().strip().partition(":")
+        if user and secret:
+            return Credentials(user, secret)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generated = Credentials("hubfly", secrets.token_urlsafe(24))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race
+        return registry_credentials(data_dir)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{generated.username}:{generated.password}\n")
+    return generated
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def registry_reachable(addr: str, timeout: float = 1.0) -> bool:
@@ -65,8 +117,8 @@ def buildkitd_reachable(addr: str, timeout: float = 5.0) -> bool:
     return result.returncode == 0
 
 
-def registry_config(data_dir: Path, addr: str) -> str:
-    return (
+def registry_config(data_dir: Path, addr: str, htpasswd: Path | None = None) -> str:
+    text = (
         "version: 0.1\n"
         "log:\n"
         "  level: info\n"
@@ -78,9 +130,19 @@ def registry_config(data_dir: Path, addr: str) -> str:
         "http:\n"
         f"  addr: {addr}\n"
     )
+    if htpasswd is not None:
+        text += f"auth:\n  htpasswd:\n    realm: hubfly-registry\n    path: {htpasswd}\n"
+    return text
 
 
-def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True) -> str:
+def htpasswd_line(credentials: Credentials) -> str:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(credentials.password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    return f"{credentials.username}:{hashed}\n"
+
+
+def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True, network=None) -> str:
     lines = [
         f'root = "{data_dir / "buildkit"}"',
         "",
@@ -90,6 +152,17 @@ def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True) ->
         "",
         "[worker.oci]",
         "  enabled = true",
+    ]
+    if network is not None:
+        # RUN steps in network namespaces of their own on our bridge; a small pool of ready
+        # namespaces keeps the cost per step low (measured in bench/RESULTS.md).
+        lines += [
+            '  networkMode = "cni"',
+            f'  cniConfigPath = "{network.config_path}"',
+            f'  cniBinaryPath = "{buildnet.cni_binary_dir()}"',
+            "  cniPoolSize = 4",
+        ]
+    lines += [
         '  platforms = ["linux/amd64"]',
         '  snapshotter = "auto"',
         "  gc = true",
@@ -107,8 +180,8 @@ def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True) ->
     ]
     if mirror:
         # Official images (debian:bookworm-slim, docker/dockerfile:1) resolve from the local
-        # registry, so builds need no route to Docker Hub.
-        lines += ["", '[registry."docker.io"]', f'  mirrors = ["{registry_addr}"]']
+        # registry's mirror namespace, so builds need no route to Docker Hub.
+        lines += ["", '[registry."docker.io"]', f'  mirrors = ["{registry_addr}/{MIRROR_PREFIX}"]']
     return "\n".join(lines) + "\n"
 
 
@@ -151,29 +224,52 @@ def _log_tail(log_path: Path | None, lines: int = 20) -> str:
     return "\n" + "\n".join(text)
 
 
-def start_registry(data_dir: Path, addr: str = "127.0.0.1:5000", log_path: Path | None = None) -> subprocess.Popen:
+def start_registry(
+    data_dir: Path, addr: str = "127.0.0.1:5000", log_path: Path | None = None, credentials: Credentials | None = None
+) -> subprocess.Popen:
+    """A registry on addr that answers only requests with the credentials (default:
+    registry_credentials(data_dir))."""
     data_dir = Path(data_dir).resolve()
     (data_dir / "registry").mkdir(parents=True, exist_ok=True)
+    credentials = credentials or registry_credentials(data_dir)
+    htpasswd = data_dir / "registry.htpasswd"
+    _write_private(htpasswd, htpasswd_line(credentials))
     config = data_dir / "registry.yml"
-    config.write_text(registry_config(data_dir, addr))
+    config.write_text(registry_config(data_dir, addr, htpasswd))
     proc = _spawn([find_binary("docker-registry"), "serve", str(config)], log_path)
     _wait_until(proc, lambda: registry_reachable(addr), REGISTRY_START_SECONDS, f"registry on {addr}", log_path)
     return proc
 
 
 def start_buildkitd(
-    data_dir: Path, addr: str, registry_addr: str, log_path: Path | None = None, mirror: bool = True
+    data_dir: Path, addr: str, registry_addr: str, log_path: Path | None = None, mirror: bool = True,
+    network: "buildnet.BuildNetwork | None | bool" = True,
 ) -> subprocess.Popen:
+    """buildkitd on addr. network=True (the default) gives RUN steps the build network that
+    BUILD_* configure (hubfly.buildnet.from_environment), applied before the daemon starts and
+    removed by stop(); False runs them on the host's network (only for tests that need it)."""
     data_dir = Path(data_dir).resolve()
     root = data_dir / "buildkit"
     root.mkdir(parents=True, exist_ok=True)
+    if network is True:
+        network = buildnet.from_environment(data_dir / "buildnet")
+    network = network or None
+    if network is not None:
+        network.apply()
     config = data_dir / "buildkitd.toml"
-    config.write_text(buildkitd_config(data_dir, registry_addr, mirror))
+    config.write_text(buildkitd_config(data_dir, registry_addr, mirror, network))
     socket_path = _unix_socket_path(addr)
     if socket_path is not None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [find_binary("buildkitd"), "--config", str(config), "--addr", addr, "--root", str(root)]
-    proc = _spawn(argv, log_path)
+    try:
+        proc = _spawn(argv, log_path)
+    except BaseException:
+        if network is not None:
+            network.remove()
+        raise
+    proc.build_network = network
+    proc.buildkit_root = root
     _wait_until(proc, lambda: buildkitd_reachable(addr), BUILDKITD_START_SECONDS, f"buildkitd on {addr}", log_path)
     return proc
 
@@ -186,9 +282,18 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
             pass
         try:
             proc.wait(timeout=timeout)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    network = getattr(proc, "build_network", None)
+    if network is not None:
+        # The policy and the bridge go with the daemon that used them, and so do the network
+        # namespaces of its pool that a daemon stopped in a hurry left mounted.
+        proc.build_network = None
+        network.remove()
+        for namespace in (Path(proc.buildkit_root) / "net" / "cni").glob("*"):
+            subprocess.run(["umount", str(namespace)], capture_output=True)
+            namespace.unlink(missing_ok=True)
 
 
 def _unix_socket_path(addr: str) -> Path | None:
@@ -227,7 +332,8 @@ def ensure_services(data_dir: Path, registry_addr: str, buildkit_addr: str, log_
         if not registry_reachable(registry_addr):
             if not registry_addr_is_local(registry_addr):
                 raise ServiceError(f"registry {registry_addr} is not reachable and is not ours to start")
-            started.append(start_registry(data_dir, registry_addr, log_dir / "registry.log"))
+            started.append(start_registry(data_dir, registry_addr, log_dir / "registry.log",
+                                          registry_credentials(data_dir)))
         if not buildkitd_reachable(buildkit_addr):
             if not buildkit_addr_is_local(buildkit_addr):
                 raise ServiceError(f"buildkitd {buildkit_addr} is not reachable and is not ours to start")
@@ -289,7 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--buildkit-addr", default=os.environ.get("BUILDKIT_ADDR", "unix:///run/buildkit/buildkitd.sock")
     )
+    auth = sub.add_parser("registry-auth", help="write the registry's htpasswd file for the builder's credentials "
+                          "(REGISTRY_USERNAME/REGISTRY_PASSWORD, or generated once into the data directory)")
+    auth.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))
+    auth.add_argument("--htpasswd", required=True, help="where the registry reads its htpasswd file")
     args = parser.parse_args(argv)
+    if args.command == "registry-auth":
+        path = Path(args.htpasswd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, htpasswd_line(registry_credentials(Path(args.data_dir))))
+        # The registry reads it as another user: readable, but only the hash is in it.
+        path.chmod(0o644)
+        return 0
     return _serve(args)
 
 

@@ -189,6 +189,27 @@ REGISTRY_URL = env_str("REGISTRY_URL", "localhost:5000").rstrip("/")
 if "://" in REGISTRY_URL:
     raise ConfigError(f"REGISTRY_URL is a host[:port], without a scheme; got {REGISTRY_URL!r}")
 REGISTRY_INSECURE = env_bool("REGISTRY_INSECURE", False)
+# Credentials the builder pushes (and pulls) with. Without them, a local registry started by
+# hubfly.localservices generated a pair into DATA_DIR; an operator's own docker config file is
+# used as it is (DOCKER_CONFIG, a directory holding config.json).
+REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
+REGISTRY_PASSWORD = env_str("REGISTRY_PASSWORD")
+if bool(REGISTRY_USERNAME) != bool(REGISTRY_PASSWORD):
+    raise ConfigError("REGISTRY_USERNAME and REGISTRY_PASSWORD must be set together")
+if not REGISTRY_USERNAME and (DATA_DIR / "registry-credentials").exists():
+    REGISTRY_USERNAME, _, REGISTRY_PASSWORD = (DATA_DIR / "registry-credentials").read_text().strip().partition(":")
+# The network of RUN steps (hubfly.buildnet): "bridge" (a namespace of its own per step, public
+# egress only) or "none" (no egress at all, for every build). BUILD_EGRESS_ALLOW opens
+# exceptions: CIDRs, addresses or host:port, comma-separated.
+BUILD_NETWORK = env_str("BUILD_NETWORK", "bridge").lower()
+if BUILD_NETWORK not in ("bridge", "none"):
+    raise ConfigError(f"BUILD_NETWORK must be bridge or none; got {BUILD_NETWORK!r}")
+try:
+    from hubfly.buildnet import NetworkError as _NetworkError, parse_allow as _parse_allow
+
+    BUILD_EGRESS_ALLOW = _parse_allow(env_str("BUILD_EGRESS_ALLOW"))
+except _NetworkError as exc:
+    raise ConfigError(str(exc)) from None
 BUILDKIT_ADDR = env_str("BUILDKIT_ADDR", "unix:///run/buildkit/buildkitd.sock")
 BUILDCTL_BIN = env_str("BUILDCTL_BIN", "buildctl")
 GIT_BIN = env_str("GIT_BIN", "git")

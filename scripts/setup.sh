@@ -10,7 +10,10 @@ dev=0
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
-needs="git:git runc:runc docker-registry:docker-registry curl:curl"
+# iptables, iproute2 and the CNI plugins give every RUN step a network of its own with our egress
+# policy (hubfly/buildnet.py).
+needs="git:git runc:runc docker-registry:docker-registry curl:curl iptables:iptables ip:iproute2 \
+  /usr/lib/cni/bridge:containernetworking-plugins"
 # Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis, and
 # drive the admin in a headless browser.
 [ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \

@@ -50,3 +50,19 @@ def test_what_compose_runs_exists():
             if source.startswith("./"):
                 assert (ROOT / source).exists(), source
     assert (ROOT / "Dockerfile").is_file()
+
+
+def test_builds_in_compose_run_contained_and_the_registry_wants_credentials():
+    services = compose()["services"]
+    buildkitd = services["buildkitd"]
+    dockerfile = (ROOT / buildkitd["build"]["dockerfile"]).read_text()
+    assert "containernetworking-plugins" in dockerfile and "iptables" in dockerfile
+    assert "hubfly/buildnet.py" in dockerfile and (ROOT / "configs" / "buildkitd-entrypoint.sh").is_file()
+    config = (ROOT / "configs" / "buildkitd.toml").read_text()
+    assert 'networkMode = "cni"' in config and "/var/lib/buildkit/buildnet/cni.conflist" in config
+    entrypoint = (ROOT / "configs" / "buildkitd-entrypoint.sh").read_text()
+    assert "buildnet.py apply --state-dir \"$state\"" in entrypoint and "buildnet.py remove" in entrypoint
+    registry = services["registry"]
+    assert registry["environment"]["REGISTRY_AUTH"] == "htpasswd"
+    assert any(volume.startswith("registry-auth:") for volume in registry["volumes"])
+    assert "registry-auth --data-dir /data --htpasswd /registry-auth/htpasswd" in " ".join(services["migrate"]["command"])

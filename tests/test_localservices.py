@@ -71,7 +71,9 @@ def buildctl_build(services, context: Path, *extra: str) -> subprocess.Completed
         "--frontend", "dockerfile.v0", "--local", f"context={context}", "--local", f"dockerfile={context}",
         *extra,
     ]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS)
+    with registry.docker_config(services["registry"]) as config_dir:
+        env = {**os.environ, "DOCKER_CONFIG": config_dir}
+        return subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, env=env)
 
 
 def make_context(path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
@@ -106,7 +108,8 @@ def test_build_from_debian_is_pushed_with_the_digest_the_registry_reports(servic
     pushed_digest = json.loads(metadata.read_text())["containerimage.digest"]
     assert registry.manifest_digest(services["registry"], "test/app", "job-1") == pushed_digest
     config = registry.get_image_config(services["registry"], "test/app", "job-1")
-    base_config = registry.get_image_config(services["registry"], "library/debian", "bookworm-slim")
+    base_repo, base_tags = baseimages.mirror_repository("debian")
+    base_config = registry.get_image_config(services["registry"], base_repo, base_tags[0])
     assert config["rootfs"]["diff_ids"][:1] == base_config["rootfs"]["diff_ids"]
     assert len(config["rootfs"]["diff_ids"]) == 3
 
@@ -167,7 +170,7 @@ def test_runtime_images_hold_the_versions_they_are_named_after(services, tmp_pat
 
 
 def test_base_images_rerun_from_cache_keeps_digests(services):
-    repo, tags = baseimages.REFERENCES["debian"]
+    repo, tags = baseimages.mirror_repository("debian")
     before = registry.manifest_digest(services["registry"], repo, tags[0])
     started = time.monotonic()
     baseimages.ensure_base_images(services["registry"], baseimages.default_cache_dir(), images=("debian",))
@@ -208,3 +211,21 @@ def test_up_command_runs_until_sigterm_and_stops_what_it_started(tmp_path):
             proc.wait()
     assert not localservices.registry_reachable(registry_addr)
     assert not localservices.buildkitd_reachable(buildkit_addr)
+
+
+def test_registry_auth_writes_an_htpasswd_for_the_generated_credentials(tmp_path):
+    import bcrypt
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")}
+    htpasswd = tmp_path / "auth" / "htpasswd"
+    argv = [sys.executable, "-m", "hubfly.localservices", "registry-auth", "--data-dir", str(tmp_path / "data"),
+            "--htpasswd", str(htpasswd)]
+    subprocess.run(argv, cwd=REPO_ROOT, env=env, check=True)
+    credentials = (tmp_path / "data" / "registry-credentials")
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    username, _, password = credentials.read_text().strip().partition(":")
+    user, _, hashed = htpasswd.read_text().strip().partition(":")
+    assert user == username and bcrypt.checkpw(password.encode(), hashed.encode())
+    # Run again: the same credentials, not new ones.
+    subprocess.run(argv, cwd=REPO_ROOT, env=env, check=True)
+    assert credentials.read_text().strip() == f"{username}:{password}"

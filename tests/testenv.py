@@ -2,6 +2,7 @@
 in pytest.ini) so it is in place before pytest-django imports the settings."""
 
 import os
+import secrets
 import socket
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ CACHE_DIR = Path(os.environ.get("HUBFLY_TEST_CACHE", REPO_ROOT / "data" / "testc
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 API_TOKEN = "test-token"
 CALLBACK_SECRET = "test-callback-secret"
+REGISTRY_PASSWORD = secrets.token_urlsafe(18)
 
 
 def _free_port() -> int:
@@ -33,6 +35,9 @@ os.environ.update(
         "BUILDER_API_TOKENS": API_TOKEN,
         "GIT_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "REGISTRY_URL": REGISTRY_ADDR,
+        # The registry the fixtures start asks for these on every request (hubfly.localservices).
+        "REGISTRY_USERNAME": "hubfly-test",
+        "REGISTRY_PASSWORD": REGISTRY_PASSWORD,
         "REGISTRY_INSECURE": "true",
         "BUILDKIT_ADDR": BUILDKIT_ADDR,
         "CALLBACK_URL": RECEIVER.url,

@@ -72,6 +72,8 @@ class BuildConfigOutput(serializers.Serializer):
     secrets = serializers.ListField(child=serializers.CharField(), required=False)
     dockerfilePath = serializers.CharField(required=False)
     buildContextDir = serializers.CharField(required=False)
+    network = serializers.ChoiceField(choices=["bridge", "none"], required=False,
+                                      help_text="none: RUN steps get no network and ADD <url> is refused")
 
 
 @extend_schema_serializer(component_name="Job")
@@ -169,7 +171,7 @@ def add_plain_django_endpoints(result, generator, request, public):
     readiness = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
                  "required": ["status"], "additionalProperties": {"type": "string"}}
     paths["/readyz"] = {"get": {
-        "operationId": "readyz", "summary": "Readiness: database, broker, buildkitd and registry",
+        "operationId": "readyz", "summary": "Readiness: database, broker, buildkitd, build network and registry",
         "tags": ["health"], "security": [],
         "responses": {
             "200": {"description": "every check is ok", "content": {"application/json": {"schema": readiness}}},

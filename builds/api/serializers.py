@@ -169,6 +169,13 @@ class BuildConfigInput(serializers.Serializer):
     secrets = serializers.ListField(child=StrictString(max_length=128), required=False, max_length=MAX_ENV_ENTRIES)
     dockerfilePath = StrictString(required=False, allow_blank=True, max_length=1024)
     buildContextDir = StrictString(required=False, allow_blank=True, max_length=1024)
+    # "none": RUN steps get no network at all and ADD <url> is refused (a hermetic build).
+    network = StrictString(required=False, allow_blank=True, max_length=16)
+
+    def validate_network(self, value):
+        if value not in ("", "bridge", "none"):
+            raise serializers.ValidationError("must be 'bridge' (the default) or 'none'")
+        return value
 
     def validate_runtime(self, value):
         value = value.strip().lower()

@@ -3,8 +3,13 @@
 Non-secret `env` entries become build args; secrets reach `RUN --mount=type=secret` through
 `--secret id=KEY,env=VAR` with the value only in buildctl's environment, never in argv.
 Resource limits are BuildKit's per-build cgroup options, hard limits on every RUN step.
+buildctl authenticates to the registry with a docker config file of the builder's own
+(REGISTRY_USERNAME/REGISTRY_PASSWORD), never readable by the build. Each build carries a source
+policy (builds.services.egress) and, for a build without a network, BuildKit's
+`force-network-mode=none`.
 """
 
+import base64
 import json
 import os
 import re
@@ -37,6 +42,8 @@ class BuildRequest:
     # files in another tenant's package caches.
     cache_namespace: str | None = None
     generated: bool = False
+    network_none: bool = False
+    source_policy_file: Path | None = None
 
 
 def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
@@ -63,6 +70,10 @@ def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
         var = f"HUBFLY_SECRET_{index}"
         env[var] = value
         argv += ["--secret", f"id={key},env={var}"]
+    if req.network_none:
+        argv += ["--opt", "force-network-mode=none"]
+    if req.source_policy_file:
+        argv += ["--source-policy-file", str(req.source_policy_file)]
     if req.memory_mb:
         limit = req.memory_mb * 1024 * 1024
         argv += ["--opt", f"memory={limit}", "--opt", f"memswap={limit}"]
@@ -81,8 +92,35 @@ def buildctl_env(extra: dict[str, str]) -> dict[str, str]:
     for name in ("DOCKER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", "BUILDKIT_HOST"):
         if name in os.environ:
             env[name] = os.environ[name]
+    config_dir = docker_config_dir()
+    if config_dir is not None:
+        env["DOCKER_CONFIG"] = str(config_dir)
     env.update(extra)
     return env
+
+
+_written_config: str | None = None
+
+
+def docker_config_dir() -> Path | None:
+    """A docker config directory holding the registry credentials, for buildctl (which hands
+    them to buildkitd for pushes and pulls). None without REGISTRY_USERNAME: the operator's
+    DOCKER_CONFIG, if any, applies as it is."""
+    global _written_config
+    if not settings.REGISTRY_USERNAME:
+        return None
+    token = base64.b64encode(f"{settings.REGISTRY_USERNAME}:{settings.REGISTRY_PASSWORD}".encode()).decode()
+    text = json.dumps({"auths": {settings.REGISTRY_URL: {"auth": token}}})
+    directory = settings.DATA_DIR / "docker"
+    if _written_config != text:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        tmp = directory / f"config.json.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, directory / "config.json")
+        _written_config = text
+    return directory
 
 
 def read_digest(metadata_file: Path) -> str:
@@ -122,6 +160,10 @@ def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildE
     output = "\n".join(tail)
     reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tracker.failure or (tail[-1] if tail else ""))
     reason = reason.removeprefix("error: ").strip()
+    if re.search(r"denied by policy", output):
+        return UserError(
+            f"the build tried to fetch a source that builds may not reach: {reason}", code=errors.EGRESS_REFUSED
+        )
     if re.search(r"did not complete successfully: exit code", output):
         step = tracker.failed_step or "a build step"
         code = re.search(r"exit code: (\d+)", output)

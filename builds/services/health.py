@@ -1,5 +1,7 @@
-"""Readiness: can we reach the database, the broker, buildkitd and the registry?"""
+"""Readiness: can we reach the database, the broker, buildkitd and the registry, and do builds
+run contained (buildkitd's RUN steps on an isolated network, with our egress policy)?"""
 
+import json
 import subprocess
 import urllib.error
 import urllib.request
@@ -32,6 +34,27 @@ def _buildkitd() -> str:
     return "ok"
 
 
+def _build_network() -> str:
+    result = subprocess.run(
+        [settings.BUILDCTL_BIN, "--addr", settings.BUILDKIT_ADDR, "debug", "workers", "--format", "{{json .}}"],
+        capture_output=True, text=True, timeout=5,
+    )
+    if result.returncode != 0:
+        return "unknown: buildkitd did not answer"
+    workers = json.loads(result.stdout or "[]")
+    modes = {w.get("labels", {}).get("org.mobyproject.buildkit.worker.network", "unknown") for w in workers}
+    exposed = sorted(modes - {"cni", "bridge"})
+    if exposed:
+        return f"buildkitd runs RUN steps on the {exposed[0]} network: builds are not isolated"
+    # The policy file is where a local buildkitd's network was applied (hubfly.localservices).
+    from hubfly import buildnet
+
+    policy = buildnet.read_policy(settings.DATA_DIR / "buildnet")
+    if policy is not None and policy.get("mode") != settings.BUILD_NETWORK:
+        return f"the egress policy is for BUILD_NETWORK={policy.get('mode')}, this process has {settings.BUILD_NETWORK}"
+    return "ok"
+
+
 def _registry() -> str:
     scheme = "http" if settings.REGISTRY_INSECURE else "https"
     try:
@@ -43,7 +66,8 @@ def _registry() -> str:
 
 def checks() -> dict[str, str]:
     results = {}
-    for name, check in (("database", _database), ("broker", _broker), ("buildkitd", _buildkitd), ("registry", _registry)):
+    for name, check in (("database", _database), ("broker", _broker), ("buildkitd", _buildkitd),
+                        ("buildNetwork", _build_network), ("registry", _registry)):
         try:
             results[name] = check()
         except Exception as exc:  # the point of readiness is to report, not to raise

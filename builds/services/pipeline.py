@@ -6,6 +6,7 @@ means another worker owns the job now, so this one leaves the row alone. The wor
 removed whatever happened.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ from django.conf import settings
 from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
-from builds.services import buildkit, dockerfiles, git, jobs, lifecycle, logs, naming, process
+from builds.services import buildkit, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,28 @@ class BuildDirector:
         self.log.line(inputs.summary)
         return inputs
 
+    def check_sources(self, inputs: dockerfiles.BuildInputs, network_none: bool) -> Path:
+        """What buildkitd will fetch for the build, checked before it starts; returns the source
+        policy file that holds the build to it."""
+        try:
+            text = (inputs.dockerfile_dir / inputs.dockerfile_name).read_text(errors="replace")
+        except OSError:
+            text = ""
+        own = naming.image_repository(self.job.user_id, self.job.project_id)
+        check = egress.check_dockerfile(text, build_args=self.build_args, network_none=network_none, own_repository=own)
+        if check.refused:
+            raise errors.UserError(check.refused[0], code=errors.EGRESS_REFUSED)
+        path = self.workspace / "source-policy.json"
+        path.write_text(json.dumps(check.policy(own)))
+        return path
+
     def build_and_push(self, inputs: dockerfiles.BuildInputs, image: str) -> str:
-        limits = (self.job.build_config or {}).get("resourceLimits") or {}
+        config = self.job.build_config or {}
+        limits = config.get("resourceLimits") or {}
+        network_none = settings.BUILD_NETWORK == "none" or config.get("network") == "none"
+        if network_none:
+            self.log.line("this build runs without a network")
+        policy_file = self.check_sources(inputs, network_none)
         request = buildkit.BuildRequest(
             context_dir=inputs.context_dir,
             dockerfile_dir=inputs.dockerfile_dir,
@@ -104,6 +125,8 @@ class BuildDirector:
             cpu=limits.get("cpu"),
             cache_namespace=naming.cache_namespace(self.job.user_id, self.job.project_id),
             generated=inputs.generated,
+            network_none=network_none,
+            source_policy_file=policy_file,
         )
         argv, secret_env = buildkit.command(request)
         self.log.line(f"building {image}")

@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hubfly.localservices import MIRROR_PREFIX
 from tests.support import registry
 
 # Bump to rebuild every cached layer after a change to a recipe.
@@ -171,13 +172,20 @@ def runtimes_for_tests(upstream: dict) -> dict:
     return runtimes
 
 
-def _reference(registry_addr: str, name: str) -> str:
+def mirror_repository(name: str) -> tuple[str, tuple[str, ...]]:
+    """Where an image lives in the registry: under the docker.io mirror's namespace, which
+    buildkitd resolves `FROM debian:...` to (hubfly.localservices.MIRROR_PREFIX)."""
     repo, tags = REFERENCES[name]
+    return f"{MIRROR_PREFIX}/{repo}", tags
+
+
+def _reference(registry_addr: str, name: str) -> str:
+    repo, tags = mirror_repository(name)
     return f"{registry_addr}/{repo}:{tags[0]}"
 
 
 def _push(registry_addr: str, name: str, config: dict, layers: list[dict]) -> str:
-    repo, tags = REFERENCES[name]
+    repo, tags = mirror_repository(name)
     return registry.push_image(registry_addr, repo, tags, config, layers)
 
 
@@ -799,7 +807,7 @@ BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
 
 def _push_built(registry_addr: str, cache_dir: Path, buildkit_addr: str, name: str) -> str:
     template, files = BUILT_RECIPES[name]
-    repo, tags = REFERENCES["debian"]
+    repo, tags = mirror_repository("debian")
     base_digest = registry.manifest_digest(registry_addr, repo, tags[0])
     dockerfile = template.format(base=f"{registry_addr}/{repo}@{base_digest}")
     # The base digest, not the registry address, identifies the input. Layout names must not
@@ -807,13 +815,14 @@ def _push_built(registry_addr: str, cache_dir: Path, buildkit_addr: str, name: s
     key = _key(base_digest, template, files) if files else _key(base_digest, template)
     layout = cache_dir / "oci" / f"{name.replace('-', '')}-{key}"
     if not (layout / "index.json").exists():
-        _buildctl_to_layout(buildkit_addr, dockerfile, layout, cache_dir, files)
-    repo, tags = REFERENCES[name]
+        _buildctl_to_layout(buildkit_addr, dockerfile, layout, cache_dir, files, registry_addr)
+    repo, tags = mirror_repository(name)
     return registry.push_oci_layout(registry_addr, repo, tags, layout)
 
 
 def _buildctl_to_layout(
-    buildkit_addr: str, dockerfile: str, layout: Path, cache_dir: Path, files: dict[str, str] | None = None
+    buildkit_addr: str, dockerfile: str, layout: Path, cache_dir: Path, files: dict[str, str] | None = None,
+    registry_addr: str = "",
 ) -> None:
     layout.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
@@ -830,7 +839,8 @@ def _buildctl_to_layout(
             "--local", f"context={context}", "--local", f"dockerfile={context}",
             "--output", f"type=oci,dest={partial},tar=false",
         ]  # fmt: skip
-        _run(argv, log=cache_dir / "buildctl.log")
+        with registry.docker_config(registry_addr) as config_dir:
+            _run(argv, log=cache_dir / "buildctl.log", env={**os.environ, "DOCKER_CONFIG": str(config_dir)})
         for stale in layout.parent.glob(layout.name.rsplit("-", 1)[0] + "-*"):
             shutil.rmtree(stale)
         os.replace(partial, layout)

@@ -1,11 +1,16 @@
-"""A small client for the registry HTTP API (distribution v2), plain HTTP, no credentials.
+"""A small client for the registry HTTP API (distribution v2), plain HTTP, with the builder's
+registry credentials (REGISTRY_USERNAME/REGISTRY_PASSWORD in the environment) unless told not to.
 
 Reads what tests need to check a pushed image, and pushes images that tests/support/baseimages.py
 packs itself: blob uploads and a manifest PUT.
 """
 
+import base64
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,8 +32,29 @@ class RegistryError(RuntimeError):
     pass
 
 
-def _request(method: str, url: str, *, data=None, headers: dict | None = None, timeout: float = 60):
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+def auth_header() -> dict:
+    username, password = os.environ.get("REGISTRY_USERNAME", ""), os.environ.get("REGISTRY_PASSWORD", "")
+    if not username:
+        return {}
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@contextlib.contextmanager
+def docker_config(registry_addr: str):
+    """A DOCKER_CONFIG directory holding the credentials, for buildctl run by a test."""
+    with tempfile.TemporaryDirectory(prefix="docker-config-") as tmp:
+        auth = auth_header().get("Authorization", "").removeprefix("Basic ")
+        config = {"auths": {registry_addr: {"auth": auth}}} if auth and registry_addr else {}
+        with open(os.path.join(tmp, "config.json"), "w") as fh:
+            json.dump(config, fh)
+        yield tmp
+
+
+def _request(method: str, url: str, *, data=None, headers: dict | None = None, timeout: float = 60,
+             anonymous: bool = False):
+    headers = {**({} if anonymous else auth_header()), **(headers or {})}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         return _direct.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:

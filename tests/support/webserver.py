@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 class WebServer:
-    def __init__(self, log_path: Path, *, workers: int = 1, env: dict | None = None):
+    def __init__(self, log_path: Path, *, workers: int = 1, env: dict | None = None, bind_all: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -36,8 +36,11 @@ class WebServer:
         bin_dir = str(Path(sys.executable).parent)
         full_env = {**os.environ, **(env or {}), "PORT": str(self.port), "WEB_WORKERS": str(workers),
                     "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-        # Loopback only: the Procfile binds 0.0.0.0, tests have no business on other interfaces.
-        command = procfile_command("web").replace("0.0.0.0:", "127.0.0.1:")
+        # Loopback only unless asked: the Procfile binds 0.0.0.0, and only the isolation tests
+        # need that (to show a build cannot reach the API on any address of the host).
+        command = procfile_command("web")
+        if not bind_all:
+            command = command.replace("0.0.0.0:", "127.0.0.1:")
         self.proc = subprocess.Popen(
             ["bash", "-c", f"exec {command}"], cwd=REPO_ROOT, env=full_env,
             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
