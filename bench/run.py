@@ -29,8 +29,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 # Run in this order; api is last because it leaves the instance's worker stopped.
-BENCHES = ("git", "dispatch", "overhead", "rebuild", "profile", "throughput", "webvariants", "api")
-DEFAULT = ("git", "dispatch", "overhead", "rebuild", "throughput", "api")
+BENCHES = ("git", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants", "api")
+DEFAULT = ("git", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,9 +75,11 @@ def base_images_wanted(args) -> bool:
     return any(layers.glob("debian-*.json")) and any(layers.glob("dockerfile-frontend-*.json"))
 
 
-MODULES = {"git": "gitfetch", "dispatch": "dispatch", "overhead": "overhead", "rebuild": "rebuild",
+MODULES = {"git": "gitfetch", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
+           "rebuild": "rebuild",
            "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload"}
 NO_INSTANCE = ("git", "webvariants")  # these start what they measure themselves
+INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
 
 
 def instance_env(args) -> dict[str, str]:
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
         for name in args.benches:
             t = time.monotonic()
             print(f"\n== {name} ==  (load average {support.load_average()})", flush=True)
-            if name not in NO_INSTANCE + ("throughput",) and ctx.instance is None:
+            if name not in NO_INSTANCE + INFRA_ONLY + ("throughput",) and ctx.instance is None:
                 restart()
             module = importlib.import_module(f"bench.{MODULES[name]}")
             if name == "rebuild":
