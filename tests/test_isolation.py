@@ -386,3 +386,27 @@ def test_the_source_policy_denies_first_and_allows_back_what_was_checked(setting
                                    network_none=False, own_repository=own).refused
     assert egress.check_dockerfile("FROM debian\nADD http://1.1.1.1/a /a\n", build_args={},
                                    network_none=True, own_repository=own).refused
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("live_db")
+def test_a_job_named_like_an_official_image_cannot_replace_what_builds_pull(api, worker, git_server, infra):
+    """userId library, projectId debian, job id bookworm-slim: the push lands on the job's own
+    repository, never on the docker.io mirror's library/debian that every FROM debian pulls."""
+    from tests.support import baseimages
+
+    mirror_repo, tags = baseimages.mirror_repository("debian")
+    before = registry.manifest_digest(REGISTRY_ADDR, mirror_repo, tags[0])
+    planted = git_server.repo("planted-" + new_id())
+    planted.commit({"Dockerfile": "FROM scratch\nCOPY planted /planted\n", "planted": "not debian\n"})
+    job_id = "bookworm-slim"
+    Job.objects.filter(pk=job_id).delete()
+    response = api.post("/api/v1/jobs", {
+        "id": job_id, "projectId": "debian", "userId": "library", "sourceType": "git",
+        "sourceInfo": {"gitRepository": planted.url},
+    }, format="json")
+    assert response.status_code == 201, response.content
+    job = wait_final(job_id, timeout=120)
+    assert job.status == "success", job.error
+    assert registry.manifest_digest(REGISTRY_ADDR, mirror_repo, tags[0]) == before
+    assert job.image_digest != before
