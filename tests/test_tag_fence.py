@@ -12,7 +12,6 @@ import time
 import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -301,7 +300,7 @@ def test_attempt_that_lost_its_lease_never_puts_the_tag(fake_registry, settings)
     assert "PUT" not in fake.methods() and job.id not in fake.manifests
 
 
-def test_failed_put_hands_the_job_back_for_a_retry(fake_registry, settings, tmp_path):
+def test_failed_put_hands_the_job_back_for_a_retry(fake_registry, settings):
     """The director's other steps are replaced (no git, no buildkitd): this is about what it
     does with the error of the tag step."""
     fake = fake_registry(put_status=500)

@@ -69,7 +69,6 @@ class TagWriter:
 
     def __init__(self, repository: str, *, timeout_seconds: float):
         host, _, self.path = repository.partition("/")
-        self.host = host
         self.base = f"{'http' if settings.REGISTRY_INSECURE else 'https'}://{host}/v2/{self.path}"
         self.timeout = timeout_seconds
         self.basic = basic_credentials(host)
@@ -116,7 +115,7 @@ class TagWriter:
                 raise _unavailable(f"{method} {url}: HTTP {exc.code} {detail[:200]}") from None
             except (OSError, http.client.HTTPException) as exc:
                 raise _unavailable(f"{method} {url}: {exc}") from None
-        raise _unavailable(f"{method} {url}: the registry refused the token it issued")
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _token(self, challenge: dict[str, str]) -> str:
         # Ask for push as well as pull: the PUT after the fence must not need another round trip.
