@@ -96,7 +96,7 @@ def test_followers_of_one_job_cost_no_thread_or_connection_each(web):
     assert busy_threads - idle_threads <= 4, f"{CAP} followers took {busy_threads - idle_threads} threads"
     assert busy_files - idle_files <= 4, f"{CAP} followers opened {busy_files - idle_files} database files"
     # Nothing stays behind once they have gone.
-    wait_for(lambda: open_database_files(worker) <= idle_files, 10, "the followers' database files to be closed")
+    wait_for(lambda: open_database_files(worker) <= idle_files, 30, "the followers' database files to be closed")
 
 
 def test_followers_beyond_the_cap_get_429_and_slots_come_back(web):

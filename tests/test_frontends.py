@@ -173,7 +173,7 @@ def test_prepare_checks_a_generated_dockerfile_too(tmp_path, monkeypatch):
 # --- End to end ----------------------------------------------------------------------------------
 
 def buildkit_history(infra) -> str:
-    """Every build record buildkitd keeps: exporters name the image, so the job id shows."""
+    """Every build record buildkitd keeps, with the build args each build was given."""
     result = subprocess.run(["buildctl", "--addr", infra["buildkit"], "debug", "histories", "--format", "{{json .}}"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -185,7 +185,10 @@ def buildkit_history(infra) -> str:
 def test_job_naming_another_frontend_fails_before_anything_reaches_buildkit(api, worker, infra, git_server):
     repo = git_server.repo(f"frontend-{uuid.uuid4().hex[:6]}")
     repo.commit({"Dockerfile": "# syntax=evil.example/frontend:1\n" + BASE})
-    refused = wait_final(submit(api, repo.url))
+    # A build arg of its own marks each job's build in BuildKit's history (images are pushed by
+    # digest, so the job id is not in the record).
+    refused_mark, allowed_mark = f"refused-{uuid.uuid4().hex}", f"allowed-{uuid.uuid4().hex}"
+    refused = wait_final(submit(api, repo.url, env={"MARK": refused_mark}))
     assert refused.status == "failed" and refused.error_code == "FRONTEND_NOT_ALLOWED", refused.error
     assert refused.retry_count == 0 and "evil.example/frontend:1" in refused.error
     assert "building " not in log_text(api, refused.id)  # the pipeline's line right before buildctl
@@ -193,7 +196,7 @@ def test_job_naming_another_frontend_fails_before_anything_reaches_buildkit(api,
     # The same repository with the allowed frontend builds, and its build is in BuildKit's history
     # (so the history would show the refused job, had it been sent).
     repo.commit({"Dockerfile": "# syntax=docker/dockerfile:1\n" + BASE})
-    allowed = wait_final(submit(api, repo.url), timeout=300)
+    allowed = wait_final(submit(api, repo.url, env={"MARK": allowed_mark}), timeout=300)
     assert allowed.status == "success", allowed.error
     history = buildkit_history(infra)
-    assert allowed.id in history and refused.id not in history
+    assert allowed_mark in history and refused_mark not in history
