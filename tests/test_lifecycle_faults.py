@@ -6,6 +6,7 @@ import signal
 import textwrap
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -92,6 +93,18 @@ def test_cancel_requested_before_a_retry_ends_canceled():
     assert job.callback_events.count() == 1
 
 
+def test_reaper_ends_a_flagged_pending_job_instead_of_resending_it():
+    """Earlier code left such jobs behind: pending, flagged, refused by every claim."""
+    job = _claimed_job()
+    long_ago = job.heartbeat_at.replace(year=2000)
+    Job.objects.filter(pk=job.pk).update(status="pending", lease=None, cancel_requested_at=long_ago,
+                                         enqueued_at=long_ago)
+    reaper.reap()
+    job = Job.objects.get(pk=job.pk)
+    assert job.status == "canceled" and job.error_code == "CANCELED"
+    assert job.callback_events.count() == 1
+
+
 def test_reaper_keeps_a_job_whose_heartbeat_just_succeeded():
     """The reaper read the job while its lease looked expired; the worker renewed the lease
     before the reaper wrote. Interleaved by hand: the two writes race in two processes."""
@@ -112,6 +125,16 @@ def test_reaper_takes_back_a_job_whose_lease_did_expire():
     after = Job.objects.get(pk=job.pk)
     assert after.status == "pending" and after.lease is None and after.retry_count == 1
     lifecycle.job_cancel(job_id=job.pk)
+
+
+def test_a_later_attempt_gets_only_the_time_left():
+    """The attempt's deadline is the job's first start plus its timeout, by the database's clock."""
+    job = _claimed_job()
+    assert lifecycle.job_set_started(job_id=job.pk, lease=job.lease) < 5
+    started = Job.objects.get(pk=job.pk).started_at
+    Job.objects.filter(pk=job.pk).update(started_at=started - timedelta(seconds=100))
+    assert 100 <= lifecycle.job_set_started(job_id=job.pk, lease=job.lease) < 105
+    lifecycle.job_finish(job_id=job.pk, lease=job.lease, status="failed", error_code="TEST", error="test only")
 
 
 SKEWED_CLOCK = textwrap.dedent('''
