@@ -2,6 +2,7 @@
 worker whose clock is behind, a reaper that races a heartbeat, and the timeout across retries."""
 
 import os
+import shutil
 import signal
 import textwrap
 import threading
@@ -10,9 +11,10 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.conf import settings
 
 from builds.models import Job
-from builds.services import lifecycle, reaper
+from builds.services import lifecycle, naming, reaper
 from tests.conftest import wait_for
 from tests.support.jobs import log_text, new_id, submit, wait_final
 from tests.test_recovery import BASE, buildctl_pids, delivered, wait_building, worker_with
@@ -68,6 +70,7 @@ def test_cancel_then_an_infrastructure_failure_ends_canceled(api, worker, receiv
             assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 202
             host.release()
             job = wait_final(job_id, timeout=30)
+            wait_for(lambda: not workspaces(job_id), 10, "the attempt to end")
     finally:
         host.close()
     assert job.status == "canceled" and job.error_code == "CANCELED", (job.status, job.error_code, job.error)
@@ -186,6 +189,7 @@ def test_worker_whose_clock_is_30_seconds_behind_keeps_its_jobs(api, worker, git
         assert "clock skewed by -30 s" in behind.log()
         job_id = submit(api, repo.url, env={"NONCE": new_id()})
         job = wait_final(job_id, timeout=90)
+        wait_for(lambda: not workspaces(job_id), 10, "the attempt to end")
     assert job.status == "success", (job.status, job.error_code, job.error)
     assert job.attempts == 1 and job.retry_count == 0, log_text(api, job_id)
 
@@ -208,6 +212,15 @@ def test_timeout_is_one_deadline_for_the_whole_job(api, worker, git_server):
     # not a whole timeout after it began (the first attempt and the reaper took about ten).
     assert timeout <= job.duration_seconds < timeout + 6, job.duration_seconds
     wait_for(lambda: not buildctl_pids(job_id), 15, "buildctl to stop")
+    # The SIGKILLed attempt could not remove its workspace (housekeeping would, an hour later).
+    shutil.rmtree(settings.WORKSPACE_DIR / naming.workspace_name(job_id, first.lease.hex))
+    wait_for(lambda: not workspaces(job_id), 10, "the second attempt's workspace to be removed")
+
+
+def workspaces(job_id: str) -> list:
+    """Workspaces of the job's attempts; each attempt removes its own as its last act."""
+    prefix = naming.workspace_name(job_id, "")
+    return list(settings.WORKSPACE_DIR.glob(prefix + "*")) if settings.WORKSPACE_DIR.is_dir() else []
 
 
 def _claimed_job() -> Job:
