@@ -2,8 +2,8 @@
 
 Through the service: POST the job, wait for its callback; the job log's timestamped lines say
 when each step began. By hand: the same git commands the worker runs, then the buildctl argv
-that `builds.services.buildkit.command` makes for the same request (same cache ref, a tag of
-its own), on a fresh checkout. The difference is what the service adds.
+that `builds.services.buildkit.command` makes for the same request (same cache ref, pushed by
+digest like the service's), on a fresh checkout. The difference is what the service adds.
 """
 
 import shutil
@@ -143,7 +143,7 @@ def buildctl_argv(context_dir: Path, *, project: str, tag: str, metadata: Path,
 
     request = buildkit.BuildRequest(
         context_dir=context_dir, dockerfile_dir=context_dir, dockerfile_name="Dockerfile",
-        image=naming.image_name(user, project, tag), cache_ref=naming.cache_ref(user, project),
+        repository=naming.image_repository(user, project), cache_ref=naming.cache_ref(user, project),
         metadata_file=metadata,
     )
     argv, secret_env = buildkit.command(request)

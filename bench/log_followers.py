@@ -1,4 +1,5 @@
-"""Benchmark: resident memory of the web process while 20 clients follow one 50 MB log.
+"""Benchmark: what log followers cost the web process: memory over a big log, and the cost of
+many followers of one running job.
 
 Makes a job row in a throwaway data directory (SQLite, or DATABASE_URL if set), appends 50 MB
 to its log with `builds.services.logs.append_chunk` (64 KiB chunks, as a busy build writes),
@@ -9,7 +10,16 @@ as fast as they can, and while 20 slow followers trickle through it. The job sta
 until every follower has the whole log, so the followers are live `?follow=true` / SSE streams,
 not plain downloads.
 
+Many followers (--many, default 500; issue 11 item 7): that many clients (half `?follow=true`,
+half SSE) follow one running job with a small log; with all of them connected, the web worker's
+resident memory, threads and open database files (from /proc; two files, the database and its
+WAL, per SQLite connection) are read, then one line is appended and the time until every
+follower has it is measured. The same is measured, side by side, on the code before followers
+shared a reader (--before, default: the parent of the commit that added LogFeed, checked out
+into a temporary directory with `git archive`; `--before none` skips it).
+
     .venv/bin/python bench/log_followers.py [--followers 20] [--size-mb 50] [--compare-mb 5]
+    .venv/bin/python bench/log_followers.py --size-mb 0 --compare-mb 0 --many 500
 """
 
 import argparse
@@ -17,6 +27,7 @@ import asyncio
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -134,19 +145,153 @@ async def phase(web, job_id: str, followers: int, end: int, *, delay: float) -> 
     return positions, time.monotonic() - started
 
 
+def worker_figures(web) -> dict:
+    """The single web worker's resident memory, threads and open database files, from /proc."""
+    (pid,) = web.worker_pids()
+    database = os.path.join(os.environ["DATA_DIR"], "hubfly.sqlite3")
+    files = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            files += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(database)
+        except OSError:
+            pass
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    return {"rss": rss, "threads": len(os.listdir(f"/proc/{pid}/task")), "db_files": files}
+
+
+async def hold(url: str, headers: dict, client, connected: list, marker: bytes, seen: list, stop: asyncio.Event):
+    """Follow until `stop`; count connecting, and seeing `marker` once it is written."""
+    got = b""
+    try:
+        async with client.stream("GET", url, headers=headers) as response:
+            connected.append(response.status_code)
+            async for piece in response.aiter_raw():
+                got = (got + piece)[-4096:]
+                if marker and marker in got:
+                    seen.append(time.monotonic())
+                    marker = b""
+                if stop.is_set():
+                    break
+    except Exception as exc:  # a refused or dropped follower is a figure, not a crash
+        connected.append(type(exc).__name__)
+
+
+async def many_followers(web, job_id: str, n: int) -> dict:
+    import httpx
+    from asgiref.sync import sync_to_async
+
+    from builds.services import logs
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    base = f"{web.url}/api/v1/jobs/{job_id}/logs"
+    connected, seen, stop = [], [], asyncio.Event()
+    marker = f"fan-out {time.time_ns()}".encode()
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120, pool=None), limits=limits) as client:
+        tasks = [asyncio.create_task(hold(base + "?follow=true", auth, client, connected, marker, seen, stop)
+                                     if i % 2 == 0 else
+                                     hold(base, {**auth, "Accept": "text/event-stream"}, client, connected, marker, seen, stop))
+                 for i in range(n)]
+        started = time.monotonic()
+        while len(connected) < n and time.monotonic() - started < 120:
+            await asyncio.sleep(0.05)
+        figures = {"connect_s": time.monotonic() - started, "ok": connected.count(200),
+                   "refused": n - connected.count(200)}
+        await asyncio.sleep(2)  # settle: every follower has had its first read
+        figures.update(worker_figures(web))
+        written = time.monotonic()
+        await sync_to_async(logs.append_text)(job_id, marker.decode())
+        while len(seen) < figures["ok"] and time.monotonic() - written < 60:
+            await asyncio.sleep(0.01)
+        figures["fan_out_s"] = (max(seen) - written) if seen else float("nan")
+        figures["saw_line"] = len(seen)
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return figures
+
+
+def before_tree(rev: str, root: Path) -> Path | None:
+    if rev == "none":
+        return None
+    if rev == "auto":
+        found = subprocess.run(["git", "log", "--format=%H", "-S", "class LogFeed", "--", "builds/services/follow.py"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+        if not found:
+            return None
+        rev = found[-1] + "^"
+    tree = root / "before"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def run_many(root: Path, n: int, before: str) -> None:
+    from builds.models import Job
+    from builds.services import logs
+    from tests.support import webserver
+
+    job_id = f"bench-many-{time.time_ns()}"
+    Job.objects.create(id=job_id, project_id="bench", user_id="bench", source_info={}, request_fingerprint="-",
+                       status="building")
+    for i in range(200):
+        logs.append_text(job_id, f"#7 {i:.3f} step output line {i}")
+    variants = [("now", REPO_ROOT)]
+    tree = before_tree(before, root)
+    if tree is not None:
+        variants.insert(0, ("before", tree))
+    rows = []
+    for label, code in variants:
+        webserver.REPO_ROOT = code  # the web process runs that tree's code (the Procfile's web line)
+        web = webserver.WebServer(root / "log" / f"web-many-{label}.log", workers=1,
+                                  env={"MAX_LOG_FOLLOWERS": str(max(n, 500))})
+        webserver.REPO_ROOT = REPO_ROOT
+        try:
+            idle = worker_figures(web)
+            figures = asyncio.run(many_followers(web, job_id, n))
+            rows.append((label, idle, figures))
+        finally:
+            web.stop()
+    print(f"\n{n} followers of one running job (half ?follow=true, half SSE), one web worker:")
+    print(f"{'code':8} {'followers':>9} {'RSS idle':>9} {'RSS':>9} {'threads':>8} {'DB files':>9} "
+          f"{'DB conns':>9} {'connect':>8} {'fan-out':>8}")
+    for label, idle, f in rows:
+        print(f"{label:8} {f['ok']:>5}/{n:<3} {mb(idle['rss']):>9} {mb(f['rss']):>9} "
+              f"{idle['threads']:>3}->{f['threads']:<4} {idle['db_files']:>3}->{f['db_files']:<4} "
+              f"{f['db_files'] // 2:>9} {f['connect_s']:>7.1f}s {f['fan_out_s']:>7.2f}s")
+    print("(DB conns: open SQLite connections, from the files; fan-out: one appended line until every "
+          "follower had it)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--followers", type=int, default=20)
-    parser.add_argument("--size-mb", type=int, default=50)
+    parser.add_argument("--size-mb", type=int, default=50, help="0: skip the big-log figures")
     parser.add_argument("--compare-mb", type=int, default=5,
                         help="also measure a log this big: flat memory means the same peak for both")
+    parser.add_argument("--many", type=int, default=500, help="followers of one running job (0: skip)")
+    parser.add_argument("--before", default="auto",
+                        help="git revision to measure --many on too (auto: before followers shared a reader; none)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hubfly-bench-followers-"))
     setup_environment(root, max(args.size_mb, args.compare_mb))
     from tests.support.webserver import WebServer
 
-    sizes = [size for size in (args.compare_mb, args.size_mb) if size]
+    try:
+        sizes = [size for size in (args.compare_mb, args.size_mb) if size]
+        if sizes:
+            run_sizes(root, sizes, args.followers, WebServer)
+        if args.many:
+            run_many(root, args.many, args.before)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_sizes(root: Path, sizes: list[int], followers: int, WebServer) -> None:  # noqa: N803
     ends = {}
     for size in sizes:
         started = time.monotonic()
@@ -162,16 +307,15 @@ def main() -> None:
             for label, delay in (("fast", 0.0), ("slow (5 ms pause per read)", 0.005)):
                 with Sampler(web) as sampler:
                     positions, seconds = asyncio.run(
-                        phase(web, f"bench-followers-{size}", args.followers, ends[size], delay=delay)
+                        phase(web, f"bench-followers-{size}", followers, ends[size], delay=delay)
                     )
                 complete = sum(1 for position in positions if position == ends[size])
-                print(f"{size} MB log, {args.followers} {label} followers (half ?follow=true, half SSE): "
+                print(f"{size} MB log, {followers} {label} followers (half ?follow=true, half SSE): "
                       f"peak {mb(sampler.peak)} (+{mb(sampler.peak - idle)} over idle); "
-                      f"{complete}/{args.followers} got the whole log in {seconds:.1f} s")
+                      f"{complete}/{followers} got the whole log in {seconds:.1f} s")
         print(f"web process after the followers left: {mb(web.rss_bytes())}")
     finally:
         web.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

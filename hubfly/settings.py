@@ -144,6 +144,11 @@ WHITENOISE_AUTOREFRESH = False
 # Threads of a web process that run the JSON API and the admin (hubfly/asgi.py); log streams
 # do not take one.
 WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
+# Live log followers one web process serves at once (more get 429); they share one reader per
+# job and hold no thread or database connection each (builds.services.follow).
+MAX_LOG_FOLLOWERS = env_int("MAX_LOG_FOLLOWERS", 500, minimum=1)
+# /readyz and /metrics answer from values refreshed at most this often, in the background.
+PROBE_REFRESH_SECONDS = env_float("PROBE_REFRESH_SECONDS", 5.0, minimum=0.1)
 
 # Request bodies above 1 MiB are refused with 413 (builds.api.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

@@ -410,3 +410,25 @@ def test_a_job_named_like_an_official_image_cannot_replace_what_builds_pull(api,
     assert job.status == "success", job.error
     assert registry.manifest_digest(REGISTRY_ADDR, mirror_repo, tags[0]) == before
     assert job.image_digest != before
+
+
+@pytest.mark.e2e
+def test_build_network_none_closes_all_egress_for_the_deployment(infra, host_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUILD_NETWORK", "none")
+    network = buildnet.from_environment(tmp_path / "buildnet")
+    assert network.mode == "none"
+    with buildkitd_with(tmp_path, network) as addr:
+        results = buildctl_probe(addr, tmp_path, {"host": (network.gateway, host_server)})
+        assert results == {"host": "refused"}
+        context = tmp_path / "install"
+        context.mkdir()
+        (context / "Dockerfile").write_text(
+            BASE + "RUN apt-get update -qq; apt-get install -y -qq --no-install-recommends hello\n")
+        argv = ["buildctl", "--addr", addr, "build", "--progress", "plain", "--no-cache", "--frontend",
+                "dockerfile.v0", "--local", f"context={context}", "--local", f"dockerfile={context}"]
+        with registry.docker_config(REGISTRY_ADDR) as config_dir:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                                    env={**os.environ, "DOCKER_CONFIG": config_dir})
+    assert result.returncode != 0
+    assert "Unable to locate package hello" in result.stderr or "Temporary failure" in result.stderr, \
+        result.stderr[-2000:]

@@ -1,6 +1,7 @@
 """/metrics (issue 4 item 5): Prometheus text computed from the database, so the real web
 process reports jobs, queue, running builds, durations, callback failures and reaper marks
-written by other processes."""
+written by other processes. The values are refreshed in the background (issue 11 item 8), so
+a test reads a scrape computed after its writes."""
 
 import time
 import uuid
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from builds.models import CallbackAttempt, CallbackEvent, Job, ServiceCounter
 from builds.services import reaper
-from tests.conftest import TEST_ROOT
+from tests.conftest import TEST_ROOT, wait_for
 from tests.support.jobs import new_id
 from tests.support.webserver import WebServer
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(scope="module")
 def web(django_db_setup):
-    server = WebServer(TEST_ROOT / "log" / f"web-metrics-{time.time_ns()}.log")
+    server = WebServer(TEST_ROOT / "log" / f"web-metrics-{time.time_ns()}.log", env={"PROBE_REFRESH_SECONDS": "0.2"})
     yield server
     server.stop()
 
@@ -36,7 +37,7 @@ def job(status: str, *, seconds: float | None = None, error_code: str = "") -> J
     )
 
 
-def scrape(web) -> dict:
+def scrape_once(web) -> dict:
     response = httpx.get(f"{web.url}/metrics", timeout=10)  # no token: like /healthz
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -45,6 +46,13 @@ def scrape(web) -> dict:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def scrape(web) -> dict:
+    """The first scrape computed after this call (so after the test's writes)."""
+    since = time.time()
+    return wait_for(lambda: (m := scrape_once(web))[("hubfly_metrics_computed_timestamp_seconds", ())] > since and m,
+                    30, "/metrics computed after the writes")
 
 
 def test_metrics_report_jobs_queue_running_and_durations(web):

@@ -1,9 +1,12 @@
 """GET /api/v1/jobs/{id}/logs: the log by byte offset, followed live, or as Server-Sent Events.
 
-A plain async Django view rather than a DRF one (DRF has no async views): under the ASGI server
-a follower waits on the event loop, not on a worker thread, so followers never block other
-requests. Authentication and error bodies are the API's: the same bearer tokens, the same
-`{"error", "message"}` JSON.
+In the web process the route is `serve_logs`, an ASGI application of its own rather than a view
+behind Django's ASGI handler: that handler gives every request a thread and a database
+connection for as long as its response lasts, which for a follower is the whole build. Here a
+follower is a coroutine fed by its job's shared reader (builds.services.follow.LogFollowers),
+and a web process admits at most MAX_LOG_FOLLOWERS of them (429 beyond). `job_logs` is the same
+route as a plain Django view, for WSGI (Django's test client). Both use Django's request object,
+the API's bearer tokens and its `{"error", "message"}` JSON.
 
 - no `follow`: bytes [offset, end of log at the time of the request), `X-Log-Offset` = end;
 - `?follow=true`: bytes from `offset` as they are written, until the job is final;
@@ -11,15 +14,20 @@ requests. Authentication and error bodies are the API's: the same bearer tokens,
   lines; `Last-Event-ID` (or `?offset=`) resumes there. The last event is `event: end` with
   `{"status", "offset"}` as data.
 
-The route takes no request body. Django's ASGI handler reads a whole body (spooling a large one
-to disk) before any middleware or view runs, so `refuse_request_body` answers a request that
-declares one before Django sees it, without reading a byte of it.
+The route takes no request body: `refuse_request_body` answers a request that declares one
+without reading a byte of it.
 """
 
+import asyncio
+import contextlib
+import io
 import json
+import logging
+import re
+from urllib.parse import unquote
 
-from asgiref.sync import sync_to_async
-from django.http import JsonResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpResponse, JsonResponse
 from rest_framework import exceptions
 
 from builds.api.auth import BearerTokenAuthentication
@@ -28,7 +36,11 @@ from builds.models import FINAL_STATUSES
 from builds.services import follow, logs
 from builds.services.follow import LogCursor, LogStreamingResponse
 
+LOG_PATH = re.compile(r"^/api/v1/jobs/([^/]+)/logs/?$")
+RETRY_AFTER_SECONDS = 5
 _TRUE = ("true", "1", "yes")
+
+logger = logging.getLogger(__name__)
 _FALSE = ("false", "0", "no", "")
 
 
@@ -111,26 +123,93 @@ def _plan(request, job_id: str) -> LogCursor | tuple[LogCursor, int]:
     return LogCursor(job_id, start, end=end), end
 
 
-async def job_logs(request, job_id: str):
+def _respond(cursor: LogCursor, end: int | None, response: HttpResponse) -> HttpResponse:
+    if end is not None:
+        response["Content-Type"] = "text/plain; charset=utf-8"
+        response["X-Log-Offset"] = str(end)
+    else:
+        response["Content-Type"] = "text/event-stream; charset=utf-8" if cursor.sse else "text/plain; charset=utf-8"
+        response["X-Log-Start"] = str(cursor.position)
+        # Tell proxies (nginx) not to buffer a live stream.
+        response["X-Accel-Buffering"] = "no"
+    response["Cache-Control"] = "no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def job_logs(request, job_id: str):
+    """The route under WSGI: a cursor that reads for itself."""
     if request.method not in ("GET", "HEAD"):
         return JsonResponse(
             {"error": "METHOD_NOT_ALLOWED", "message": f'method "{request.method}" not allowed'},
             status=405, headers={"Allow": "GET, HEAD"},
         )
     try:
-        plan = await sync_to_async(_plan)(request, job_id)
+        plan = _plan(request, job_id)
     except _Refused as refused:
         return refused.response
+    cursor, end = plan if isinstance(plan, tuple) else (plan, None)
+    return _respond(cursor, end, LogStreamingResponse(cursor))
+
+
+async def serve_logs(scope, receive, send):
+    """The route in the web process (hubfly/asgi.py), behind `refuse_request_body`."""
+    followers = follow.followers()
+    request = ASGIRequest(scope, io.BytesIO())
+    job_id = unquote(LOG_PATH.match(scope["path"])[1])
+    try:
+        plan = await followers.readers.run(_plan, request, job_id)
+    except _Refused as refused:
+        return await _send_whole(send, refused.response)
+    except Exception:
+        logger.exception("log request for job %s failed", job_id)
+        return await _send_whole(send, JsonResponse({"error": "INTERNAL_ERROR", "message": "internal error"},
+                                                    status=500))
     if isinstance(plan, tuple):
         cursor, end = plan
-        response = LogStreamingResponse(cursor, content_type="text/plain; charset=utf-8")
-        response["X-Log-Offset"] = str(end)
-    else:
-        cursor = plan
-        content_type = "text/event-stream; charset=utf-8" if cursor.sse else "text/plain; charset=utf-8"
-        response = LogStreamingResponse(cursor, content_type=content_type)
-        response["X-Log-Start"] = str(cursor.position)
-        # Tell proxies (nginx) not to buffer a live stream.
-        response["X-Accel-Buffering"] = "no"
-    response["Cache-Control"] = "no-store"
-    return response
+        return await _stream(scope, receive, send, _respond(cursor, end, HttpResponse()), followers.download(cursor))
+    if not followers.admit():
+        message = (f"this web process has {followers.limit} log followers (MAX_LOG_FOLLOWERS); "
+                   f"retry in {RETRY_AFTER_SECONDS} s")
+        return await _send_whole(send, JsonResponse({"error": "TOO_MANY_FOLLOWERS", "message": message}, status=429,
+                                                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))
+    try:
+        await _stream(scope, receive, send, _respond(plan, None, HttpResponse()), followers.follow(plan))
+    finally:
+        followers.release()
+
+
+def _start(response: HttpResponse) -> dict:
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
+
+
+async def _send_whole(send, response: HttpResponse) -> None:
+    await send(_start(response))
+    await send({"type": "http.response.body", "body": response.content})
+
+
+async def _stream(scope, receive, send, response: HttpResponse, pieces) -> None:
+    """Send the headers of `response`, then `pieces` until they end or the client goes away."""
+
+    async def pump():
+        await send(_start(response))
+        async with contextlib.aclosing(pieces):
+            if scope["method"] != "HEAD":
+                async for piece in pieces:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def disconnected():
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(disconnected())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks[0] in done and tasks[0].exception() is not None:
+        logger.error("streaming a log failed", exc_info=tasks[0].exception())

@@ -156,6 +156,7 @@ def _logs_operation() -> dict:
             "400": _error("a parameter is not valid"),
             "401": _error("missing or wrong token"),
             "404": _error("JOB_NOT_FOUND, or BUILD_LOG_NOT_FOUND when the job has no log"),
+            "429": _error("TOO_MANY_FOLLOWERS: this web process follows MAX_LOG_FOLLOWERS logs already (Retry-After)"),
         },
     }
 

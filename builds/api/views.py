@@ -154,12 +154,17 @@ def healthz(request):
 
 
 def metrics_view(request):
-    """Prometheus text; no token, like /healthz: it holds counts only, no ids or names."""
-    body, content_type = metrics.render()
+    """Prometheus text; no token, like /healthz: it holds counts only, no ids or names. Computed
+    in the background, not per request (builds.services.metrics)."""
+    latest = metrics.latest()
+    if latest is None:
+        return HttpResponse("metrics are not available\n", status=503, content_type="text/plain; charset=utf-8")
+    body, content_type = latest
     return HttpResponse(body, content_type=content_type)
 
 
 def readyz(request):
-    checks = health.checks()
+    """No token: the last results of the checks, refreshed in the background (builds.services.health)."""
+    checks = health.readiness() or {"checks": "not available yet"}
     ok = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503)

@@ -7,6 +7,10 @@ buildctl authenticates to the registry with a docker config file of the builder'
 (REGISTRY_USERNAME/REGISTRY_PASSWORD), never readable by the build. Each build carries a source
 policy (builds.services.egress) and, for a build without a network, BuildKit's
 `force-network-mode=none`.
+
+The image is pushed by digest only (`push-by-digest=true`): buildctl never writes a tag. The
+attempt that still holds the job's lease writes it afterwards (builds.services.registry), so a
+build that outlived its lease cannot move a tag another attempt wrote.
 """
 
 import base64
@@ -31,7 +35,7 @@ class BuildRequest:
     context_dir: Path
     dockerfile_dir: Path
     dockerfile_name: str
-    image: str
+    repository: str  # <registry>/<path>, without a tag: the image is pushed by digest
     cache_ref: str | None
     metadata_file: Path
     build_args: dict[str, str] = field(default_factory=dict)
@@ -56,7 +60,7 @@ def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
         "--local", f"dockerfile={req.dockerfile_dir}",
         "--opt", f"filename={req.dockerfile_name}",
         "--progress", "plain",
-        "--output", f"type=image,name={req.image},push=true{insecure}",
+        "--output", f"type=image,name={req.repository},push=true,push-by-digest=true{insecure}",
         "--metadata-file", str(req.metadata_file),
     ]
     for key, value in sorted(req.build_args.items()):

@@ -12,16 +12,26 @@ The same reader serves three shapes of output:
   byte offset just after them, so a client that reconnects with `Last-Event-ID` resumes with
   the next byte. A last `event: end` says the job is final.
 
-Each shape exists as a sync iterator (WSGI, test client) and an async one (ASGI), driven by the
-same `LogCursor.step()`; `LogStreamingResponse` picks the one that fits the server.
+Under WSGI (the admin, Django's test client) a cursor reads for itself (`LogCursor.step()`). In
+the web process (ASGI) followers are many and long-lived, so they share: all of one job's
+followers are served by one `LogFeed` that polls the job, and every database read of a web
+process runs on a few `Readers` threads whose connections are closed whenever no read is
+queued. A follower costs a coroutine and its socket, never a thread or a connection of its own;
+`LogFollowers` admits at most MAX_LOG_FOLLOWERS of them per web process.
 """
 
 import asyncio
+import contextlib
 import json
+import logging
+import queue
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 
-from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
 from django.http import StreamingHttpResponse
 
 from builds.models import FINAL_STATUSES, Job, LogChunk
@@ -33,6 +43,12 @@ KEEPALIVE_SECONDS = 15.0
 # After the job is final, one more read this much later picks up lines appended right after
 # the final status (the reaper and cancel write their last line after the status change).
 SETTLE_SECONDS = 1.0
+# Threads per web process that run the followers' database reads (each with at most one
+# connection), and how much of the newest log a job's feed keeps for the followers it serves.
+READER_THREADS = 2
+FEED_KEEP_BYTES = 2 * READ_BATCH_BYTES
+
+logger = logging.getLogger(__name__)
 
 
 def gap_marker(omitted: int) -> bytes:
@@ -107,10 +123,10 @@ class LogCursor:
             status = "deleted"
         pieces, position = read_batch(self.job_id, self.position, self.end)
         got_more = position > self.position
-        self.position = position
-        out = self._present(pieces)
+        out = self.take(pieces, position)
         if not self.follow:
-            self.done = not got_more or (self.end is not None and position >= self.end)
+            if not got_more or (self.end is not None and position >= self.end):
+                out += self.finish(None)
         elif got_more:
             self._final_seen_at = None
         elif status in FINAL_STATUSES or status == "deleted":
@@ -118,20 +134,36 @@ class LogCursor:
             if self._final_seen_at is None:
                 self._final_seen_at = now
             elif now - self._final_seen_at >= SETTLE_SECONDS:
-                self._final_status = status
-                self.done = True
-        if self.done:
-            out += self._flush_partial()
-            if self.sse and self.follow:
-                out.append(sse_end(self._final_status or status or "", self.position))
+                out += self.finish(status)
+        return out or self.keepalive(), got_more and not self.done
+
+    def take(self, pieces: list[bytes], position: int) -> list[bytes]:
+        """What to send for `pieces`, the log from the cursor's position up to `position`."""
+        self.position = position
+        out = self._present(pieces)
         if out:
             self._last_sent = time.monotonic()
-        elif self.sse and time.monotonic() - self._last_sent >= KEEPALIVE_SECONDS:
+        return out
+
+    def finish(self, status: str | None) -> list[bytes]:
+        """The stream is complete (the job became `status`): what is left to send."""
+        self.done = True
+        out = self._flush_partial()
+        if self.sse and self.follow:
+            out.append(sse_end(status or "", self.position))
+        return out
+
+    def keepalive(self) -> list[bytes]:
+        if self.sse and not self.done and time.monotonic() - self._last_sent >= KEEPALIVE_SECONDS:
             # A comment line: keeps proxies from closing an idle stream, and lets the server
             # notice a client that went away.
-            out = [b": keepalive\n\n"]
             self._last_sent = time.monotonic()
-        return out, got_more and not self.done
+            return [b": keepalive\n\n"]
+        return []
+
+    @property
+    def keepalive_due_in(self) -> float:
+        return max(0.05, KEEPALIVE_SECONDS - (time.monotonic() - self._last_sent))
 
     @property
     def wait_seconds(self) -> float:
@@ -156,8 +188,6 @@ class LogCursor:
         self._partial = b""
         return [event]
 
-    # --- drivers -----------------------------------------------------------------------------
-
     def __iter__(self) -> Iterator[bytes]:
         while not self.done:
             out, more = self.step()
@@ -165,31 +195,209 @@ class LogCursor:
             if not more and not self.done:
                 time.sleep(self.wait_seconds)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # Thread-sensitive: under Django's ASGI handler each request has its own thread for
-        # this, so followers do not queue behind each other, and the request's database
-        # connection is closed with the request.
-        step = sync_to_async(self.step, thread_sensitive=True)
-        while not self.done:
-            out, more = await step()
-            for piece in out:
-                yield piece
-            if not more and not self.done:
-                await asyncio.sleep(self.wait_seconds)
-
 
 class LogStreamingResponse(StreamingHttpResponse):
-    """Streams a LogCursor: synchronously under WSGI (and in Django's test client), and
-    asynchronously under ASGI, where a plain StreamingHttpResponse over a sync iterator
-    would first read the whole log into a list."""
+    """Streams a LogCursor under WSGI (the admin, Django's test client). The web process's log
+    route streams with `LogFollowers` instead (builds.api.logstream)."""
 
     def __init__(self, cursor: LogCursor, **kwargs):
         super().__init__(iter(cursor), **kwargs)
         self._cursor = cursor
 
-    async def __aiter__(self):
-        async for piece in self._cursor.__aiter__():
-            yield piece
+
+# --- the web process: followers share readers ------------------------------------------------
+
+
+class Readers:
+    """The threads that run every database read of one web process's log route, however many
+    followers it has. A thread closes its connection whenever no read is queued: a connection
+    is held while reading, never while a follower waits."""
+
+    def __init__(self, threads: int = READER_THREADS):
+        self._size = threads
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    async def run(self, fn: Callable, *args):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        while len(self._threads) < self._size:
+            thread = threading.Thread(target=self._work, name=f"log-reader-{len(self._threads)}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._queue.put((loop, future, fn, args))
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            loop, future, fn, args = self._queue.get()
+            result, error = None, None
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, which raises it
+                error = exc
+            finally:
+                if self._queue.empty():
+                    connection.close()
+            with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():  # the follower went away while its read was queued
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _poll(job_id: str, position: int | None) -> tuple[str, list[bytes], int]:
+    # The status before the bytes, as in LogCursor.step().
+    status = job_status(job_id) or "deleted"
+    if position is None:  # a new feed starts at the end: followers behind read for themselves
+        return status, [], logs.log_end(job_id)
+    pieces, position = read_batch(job_id, position)
+    return status, pieces, position
+
+
+class LogFeed:
+    """The one reader of one job's log in a web process: polls the job's status and the log's
+    new bytes while the job has followers here, keeps the newest FEED_KEEP_BYTES of them for the
+    followers at the end of the log, and wakes those followers when something changed."""
+
+    def __init__(self, job_id: str, readers: Readers):
+        self.job_id, self.readers = job_id, readers
+        self.followers = 0
+        self.end: int | None = None  # the log's end at the last poll (None before the first)
+        self.status: str | None = None
+        self.complete = False  # final, and nothing was written for SETTLE_SECONDS after that
+        self.changed = asyncio.Event()
+        self._recent: deque[tuple[int, int, list[bytes]]] = deque()
+        self._recent_bytes = 0
+        self._final_since: float | None = None
+        self.task: asyncio.Task | None = None
+
+    def serve(self, position: int) -> tuple[list[bytes], int] | None:
+        """The kept bytes from `position` on, and the position after them; None if not kept."""
+        for start, stop, pieces in self._recent:
+            if start == position:
+                return pieces, stop
+            if start < position < stop and sum(map(len, pieces)) == stop - start:  # no gap marker in it
+                return [b"".join(pieces)[position - start:]], stop
+        return None
+
+    async def run(self) -> None:
+        try:
+            while self.followers and not self.complete:
+                start = self.end
+                status, pieces, position = await self.readers.run(_poll, self.job_id, start)
+                self._apply(start, status, pieces, position)
+                if start is not None and position - start >= READ_BATCH_BYTES:
+                    continue  # a full batch: more is probably waiting
+                await asyncio.sleep(SETTLE_SECONDS / 2 if self._final_since is not None else POLL_SECONDS)
+        except Exception:
+            logger.exception("reading the log of job %s failed", self.job_id)
+            self.status, self.complete = "unknown", True
+            self._wake()
+
+    def _apply(self, start: int | None, status: str, pieces: list[bytes], position: int) -> None:
+        changed = start is None or status != self.status
+        if start is not None and position > start:
+            changed = True
+            self._final_since = None
+            self._recent.append((start, position, pieces))
+            self._recent_bytes += sum(map(len, pieces))
+            while self._recent_bytes > FEED_KEEP_BYTES and len(self._recent) > 1:
+                self._recent_bytes -= sum(map(len, self._recent.popleft()[2]))
+        elif status in FINAL_STATUSES or status == "deleted":
+            now = time.monotonic()
+            if self._final_since is None:
+                self._final_since = now
+            elif now - self._final_since >= SETTLE_SECONDS:
+                self.complete = changed = True
+        self.end, self.status = position, status
+        if changed:
+            self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class LogFollowers:
+    """One web process's followers: at most MAX_LOG_FOLLOWERS of them (`admit`), one LogFeed per
+    followed job, and the Readers that do their database reads."""
+
+    def __init__(self, limit: int, readers: Readers | None = None):
+        self.limit = limit
+        self.readers = readers or Readers()
+        self.count = 0
+        self._feeds: dict[str, LogFeed] = {}
+
+    def admit(self) -> bool:
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def release(self) -> None:
+        self.count -= 1
+
+    async def follow(self, cursor: LogCursor) -> AsyncIterator[bytes]:
+        """What to send to an admitted follower, from `cursor.position` until the job is final."""
+        feed = self._feeds.get(cursor.job_id)
+        if feed is None:
+            feed = self._feeds[cursor.job_id] = LogFeed(cursor.job_id, self.readers)
+        feed.followers += 1
+        if feed.task is None:
+            feed.task = asyncio.create_task(feed.run())
+        try:
+            while not cursor.done:
+                changed = feed.changed  # taken before looking, so no wake-up is missed
+                kept = feed.serve(cursor.position) if feed.end is not None else None
+                if kept is None and feed.end is not None and cursor.position < feed.end:
+                    # Behind what the feed keeps: catch up with reads of its own (on the Readers).
+                    before = cursor.position
+                    kept = await self.readers.run(read_batch, cursor.job_id, cursor.position)
+                    if kept[1] == before:  # nothing readable before the feed's end: wait with it
+                        kept = None
+                if kept is not None:
+                    for piece in cursor.take(*kept):
+                        yield piece
+                    continue
+                if feed.complete and (feed.end is None or cursor.position >= feed.end):
+                    for piece in cursor.finish(feed.status):
+                        yield piece
+                    break
+                for piece in cursor.keepalive():
+                    yield piece
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), cursor.keepalive_due_in)
+        finally:
+            feed.followers -= 1
+            if not feed.followers:
+                feed.task.cancel()
+                if self._feeds.get(cursor.job_id) is feed:
+                    del self._feeds[cursor.job_id]
+
+    async def download(self, cursor: LogCursor) -> AsyncIterator[bytes]:
+        """A bounded range of the log (not followed), read on the Readers."""
+        while not cursor.done:
+            out, _ = await self.readers.run(cursor.step)
+            for piece in out:
+                yield piece
+
+
+_followers: LogFollowers | None = None
+
+
+def followers() -> LogFollowers:
+    """This web process's LogFollowers (one event loop per process)."""
+    global _followers
+    if _followers is None:
+        _followers = LogFollowers(settings.MAX_LOG_FOLLOWERS)
+    return _followers
 
 
 def log_tail(job_id: str, max_bytes: int) -> tuple[str, int, int]:

@@ -1,13 +1,33 @@
 """Readiness: can we reach the database, the broker, buildkitd and the registry, and do builds
-run contained (buildkitd's RUN steps on an isolated network, with our egress policy)?"""
+run contained (buildkitd's RUN steps on an isolated network, with our egress policy)?
+
+/readyz needs no token, so it must cost nothing per request: it answers `readiness()`, the
+checks' results as a background thread last refreshed them (`Refreshed`, at most every
+PROBE_REFRESH_SECONDS, and only while someone asks). A result is "ok" or a short reason that
+names no host, user or path; the detail of a failure goes to the web process's log.
+"""
 
 import json
+import logging
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
+
+logger = logging.getLogger(__name__)
+
+
+class CheckFailed(Exception):
+    """A check's failure: `reason` is for /readyz, `detail` for the log."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail or reason
 
 
 def _database() -> str:
@@ -24,24 +44,19 @@ def _broker() -> str:
     return "ok"
 
 
-def _buildkitd() -> str:
-    result = subprocess.run(
-        [settings.BUILDCTL_BIN, "--addr", settings.BUILDKIT_ADDR, "debug", "workers"],
-        capture_output=True, text=True, timeout=5,
-    )
-    if result.returncode != 0:
-        return (result.stderr.strip().splitlines() or ["buildctl failed"])[-1][:200]
-    return "ok"
-
-
-def _build_network() -> str:
+def _buildkit_workers() -> list[dict]:
+    """buildkitd's workers, from one `buildctl debug workers` (both buildkit checks use it)."""
     result = subprocess.run(
         [settings.BUILDCTL_BIN, "--addr", settings.BUILDKIT_ADDR, "debug", "workers", "--format", "{{json .}}"],
         capture_output=True, text=True, timeout=5,
     )
     if result.returncode != 0:
-        return "unknown: buildkitd did not answer"
-    workers = json.loads(result.stdout or "[]")
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1][:500]
+        raise CheckFailed("buildctl could not reach buildkitd", f"buildctl exited with {result.returncode}: {detail}")
+    return json.loads(result.stdout or "[]")
+
+
+def _build_network(workers: list[dict]) -> str:
     modes = {w.get("labels", {}).get("org.mobyproject.buildkit.worker.network", "unknown") for w in workers}
     exposed = sorted(modes - {"cni", "bridge"})
     if exposed:
@@ -64,12 +79,77 @@ def _registry() -> str:
         return "ok" if exc.code == 401 else f"HTTP {exc.code}"
 
 
+def _run(name: str, check: Callable[[], str]) -> str:
+    try:
+        return check()
+    except Exception as exc:  # the point of readiness is to report, not to raise
+        reason = exc.reason if isinstance(exc, CheckFailed) else f"unavailable ({type(exc).__name__})"
+        detail = exc.detail if isinstance(exc, CheckFailed) else f"{type(exc).__name__}: {exc}"
+        logger.warning("readiness: %s: %s", name, detail[:1000])
+        return reason
+
+
 def checks() -> dict[str, str]:
-    results = {}
-    for name, check in (("database", _database), ("broker", _broker), ("buildkitd", _buildkitd),
-                        ("buildNetwork", _build_network), ("registry", _registry)):
-        try:
-            results[name] = check()
-        except Exception as exc:  # the point of readiness is to report, not to raise
-            results[name] = f"{type(exc).__name__}: {exc}"[:200]
+    results = {name: _run(name, check) for name, check in (("database", _database), ("broker", _broker))}
+    workers: list[dict] = []
+
+    def buildkitd() -> str:
+        workers.extend(_buildkit_workers())
+        return "ok"
+
+    results["buildkitd"] = _run("buildkitd", buildkitd)
+    results["buildNetwork"] = (_run("buildNetwork", lambda: _build_network(workers)) if results["buildkitd"] == "ok"
+                               else "unknown: buildkitd did not answer")
+    results["registry"] = _run("registry", _registry)
     return results
+
+
+class Refreshed:
+    """A value that a background thread computes every PROBE_REFRESH_SECONDS while it is asked
+    for (the thread ends after a minute without a request). `get()` answers the last value,
+    waiting only when there is none yet. The thread holds a database connection only while
+    computing."""
+
+    IDLE_SECONDS = 60.0
+
+    def __init__(self, name: str, compute: Callable):
+        self.name, self._compute = name, compute
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._value = None
+        self._asked_at = 0.0
+        self._running = False
+
+    def get(self, timeout: float = 60.0):
+        with self._lock:
+            self._asked_at = time.monotonic()
+            if not self._running:
+                self._running = True
+                self._ready.clear()  # a value from before the pause is too old to answer with
+                threading.Thread(target=self._refresh, name=f"refresh-{self.name}", daemon=True).start()
+        self._ready.wait(timeout)
+        return self._value
+
+    def _refresh(self) -> None:
+        seconds = settings.PROBE_REFRESH_SECONDS
+        while True:
+            try:
+                self._value = self._compute()
+            except Exception:
+                logger.exception("computing %s failed", self.name)
+            finally:
+                connection.close()
+            self._ready.set()
+            time.sleep(seconds)
+            with self._lock:
+                if time.monotonic() - self._asked_at > max(self.IDLE_SECONDS, 3 * seconds):
+                    self._running = False
+                    return
+
+
+_readiness = Refreshed("readiness", checks)
+
+
+def readiness() -> dict[str, str] | None:
+    """The checks' latest results (None if they could not be computed)."""
+    return _readiness.get()

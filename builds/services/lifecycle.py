@@ -73,6 +73,17 @@ def job_heartbeat(*, job_id: str, lease: uuid.UUID, progress: dict | None = None
     )
 
 
+def job_fence(*, job_id: str, lease: uuid.UUID) -> bool:
+    """Prove, immediately before a write outside the database (the image tag), that this lease
+    still holds the building job, and renew it: the reaper cannot hand the job to another
+    attempt for LEASE_SECONDS after this returns True. False: canceled or taken away."""
+    return (
+        Job.objects.filter(pk=job_id, lease=lease, status=Status.BUILDING, cancel_requested_at__isnull=True)
+        .update(heartbeat_at=Now())
+        == 1
+    )
+
+
 def job_set_started(*, job_id: str, lease: uuid.UUID) -> float:
     """First claim sets startedAt; retries keep it, so durationSeconds and the job's timeout
     cover all attempts. Returns the seconds since that first start."""

@@ -1,11 +1,15 @@
-"""Prometheus metrics, computed from the database at scrape time.
+"""Prometheus metrics, computed from the database.
 
 The web process has no in-memory view of the workers (they may run on other hosts), so every
 number here is read from the tables all processes share: any web process answers the same.
+/metrics needs no token, so a scrape does not compute them: `latest()` answers what a
+background thread computed last (health.Refreshed, at most every PROBE_REFRESH_SECONDS), and
+`hubfly_metrics_computed_timestamp_seconds` says when that was.
 Counters derived from rows (finished builds, callback attempts) only grow while rows are
 kept; deleting old rows looks to Prometheus like a counter reset, which rate() handles.
 """
 
+import time
 from datetime import timedelta
 
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
@@ -15,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, ServiceCounter, Status
+from builds.services.health import Refreshed
 
 DURATION_BUCKETS_SECONDS = (5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
@@ -54,6 +59,8 @@ def _duration_histogram() -> HistogramMetricFamily:
 
 class DatabaseCollector:
     def collect(self):
+        yield GaugeMetricFamily("hubfly_metrics_computed_timestamp_seconds",
+                                "When these values were read from the database (Unix time)", value=time.time())
         by_status = _jobs_by_status()
         jobs = GaugeMetricFamily("hubfly_jobs", "Jobs in the database, by status", labels=["status"])
         for status, count in by_status.items():
@@ -95,3 +102,11 @@ def render() -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector())
     return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+_latest = Refreshed("metrics", render)
+
+
+def latest() -> tuple[bytes, str] | None:
+    """render()'s last result, refreshed in the background (None if it could not be computed)."""
+    return _latest.get()

@@ -1,4 +1,5 @@
-"""One attempt at building a job, as named steps: claim, fetch, prepare, build and push, finish.
+"""One attempt at building a job, as named steps: claim, fetch, prepare, build and push (by
+digest), tag (fenced by the lease), finish.
 
 Errors are caught here and nowhere else in the worker: user errors fail the job, transient
 ones hand it back to the queue (until MAX_RETRIES), cancel and timeout end it (the timeout is
@@ -22,7 +23,7 @@ from django.conf import settings
 from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
-from builds.services import buildkit, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process
+from builds.services import buildkit, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process, registry
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class BuildDirector:
         path.write_text(json.dumps(check.policy(own)))
         return path
 
-    def build_and_push(self, inputs: dockerfiles.BuildInputs, image: str) -> str:
+    def build_and_push(self, inputs: dockerfiles.BuildInputs, repository: str) -> str:
+        """Build and push the image by digest (no tag); returns the digest."""
         config = self.job.build_config or {}
         limits = config.get("resourceLimits") or {}
         network_none = settings.BUILD_NETWORK == "none" or config.get("network") == "none"
@@ -119,7 +121,7 @@ class BuildDirector:
             context_dir=inputs.context_dir,
             dockerfile_dir=inputs.dockerfile_dir,
             dockerfile_name=inputs.dockerfile_name,
-            image=image,
+            repository=repository,
             cache_ref=naming.cache_ref(self.job.user_id, self.job.project_id),
             metadata_file=self.workspace / "metadata.json",
             build_args=self.build_args,
@@ -132,7 +134,7 @@ class BuildDirector:
             source_policy_file=policy_file,
         )
         argv, secret_env = buildkit.command(request)
-        self.log.line(f"building {image}")
+        self.log.line(f"building {repository}")
 
         def on_line(text: str) -> None:
             self.tracker.feed(text)
@@ -145,8 +147,23 @@ class BuildDirector:
         if result.returncode != 0:
             raise buildkit.classify_failure(self.tracker, result.tail)
         digest = buildkit.read_digest(request.metadata_file)
-        self.log.line(f"pushed {image}@{digest}")
+        if not digest:
+            raise errors.TransientError("buildctl succeeded but reported no image digest")
+        self.log.line(f"pushed {repository}@{digest}")
         return digest
+
+    def publish_tag(self, repository: str, tag: str, digest: str) -> None:
+        """The fence: only the attempt that holds the lease writes the tag. The conditional update
+        renews the lease, so the reaper cannot give the job to another attempt for LEASE_SECONDS;
+        each request to the registry is bounded well inside that."""
+        writer = registry.TagWriter(repository, timeout_seconds=settings.LEASE_SECONDS / 3)
+        manifest, media_type = writer.read_manifest(digest)
+        if not lifecycle.job_fence(job_id=self.job.id, lease=self.lease):
+            if lifecycle.cancel_requested(self.job.id):
+                raise BuildCanceled("canceled")
+            raise LeaseLost("the job's lease was lost before its tag was written")
+        writer.put(tag, manifest, media_type)
+        self.log.line(f"tagged {repository}:{tag} as {digest}")
 
     # --- the attempt -------------------------------------------------------------------------
 
@@ -161,12 +178,14 @@ class BuildDirector:
                 raise BuildTimedOut("no time left for another attempt")
             sha = self.fetch_source()
             inputs = self.prepare()
-            image = naming.image_name(job.user_id, job.project_id, job.id)
+            repository, tag = naming.image_repository(job.user_id, job.project_id), naming.image_tag(job.id)
+            image = f"{repository}:{tag}"
             if not lifecycle.job_start_building(job_id=job.id, lease=self.lease, commit_sha=sha, image_tag=image):
                 if lifecycle.cancel_requested(job.id):
                     raise BuildCanceled("canceled")
                 raise LeaseLost("the job's lease was lost before the build started")
-            digest = self.build_and_push(inputs, image)
+            digest = self.build_and_push(inputs, repository)
+            self.publish_tag(repository, tag, digest)
             self.log.line("build succeeded")
             self.log.flush()
             lifecycle.job_finish(job_id=job.id, lease=self.lease, status=Status.SUCCESS, image_digest=digest)

@@ -92,7 +92,8 @@ def run(
     tail_lines: int = 40,
 ) -> Result:
     """Run argv to completion, feeding each output line to `line`; `tick` runs on every wake-up.
-    Raises BuildTimedOut / BuildCanceled / LeaseLost after stopping the process group."""
+    Raises BuildTimedOut / BuildCanceled after stopping the process group (SIGINT, then SIGKILL
+    after `grace_seconds`), LeaseLost after killing it at once."""
     tail: deque[str] = deque(maxlen=tail_lines)
 
     def emit(raw: bytes) -> None:
@@ -143,7 +144,11 @@ def run(
                 tick()
                 guard.check()
         return Result(proc.returncode, list(tail))
-    except (BuildTimedOut, BuildCanceled, LeaseLost):
+    except LeaseLost:
+        # Another attempt owns the job: no grace (a stopped command would not act on SIGINT
+        # anyway), the group is killed in the `finally` below, within one heartbeat of the loss.
+        raise
+    except (BuildTimedOut, BuildCanceled):
         _stop(proc, pgid, grace_seconds, emit)
         raise
     finally:
