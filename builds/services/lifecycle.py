@@ -4,6 +4,11 @@ Each function moves a job only from the states it names, and a worker's writes a
 its lease, so a second claim, a zombie worker or a racing cancel changes nothing: the update
 matches zero rows and the caller learns it lost. Nothing here holds a transaction open across
 a subprocess or a network call.
+
+Every time a lease or an age depends on (heartbeats, claims, queue times, startedAt) is the
+database's clock (`Now()`), never a host's: workers whose clocks disagree still agree on who
+holds a lease. A cancel, once accepted, always wins: whatever the attempt ends with, and
+whoever writes the end (worker or reaper), a job whose cancel was requested ends `canceled`.
 """
 
 import uuid
@@ -11,11 +16,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
+from django.db.models import Case, F, Q, QuerySet, Value, When
+from django.db.models.functions import Now
 
+from builds import errors
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status
-from builds.services import callbacks, logs
+from builds.services import callbacks, dispatch, logs
 
 # Which status may follow which; the functions below are the only writers of `status`.
 TRANSITIONS = {
@@ -24,23 +30,32 @@ TRANSITIONS = {
     Status.BUILDING: {Status.PENDING, Status.SUCCESS, Status.FAILED, Status.CANCELED},
 }
 
+_CANCEL_REQUESTED = Q(cancel_requested_at__isnull=False)
+
+
+def seconds_ago(seconds: float):
+    """The database's clock, `seconds` back: what ages are compared with."""
+    return Now() - timedelta(seconds=seconds)
+
+
+def lease_expired() -> Q:
+    return Q(heartbeat_at__lt=seconds_ago(settings.LEASE_SECONDS))
+
 
 def job_claim(*, job_id: str, worker: str) -> uuid.UUID | None:
     """pending -> claimed with a fresh lease; None when the job is not (or no longer) ours to take."""
     lease = uuid.uuid4()
-    now = timezone.now()
     won = Job.objects.filter(pk=job_id, status=Status.PENDING, cancel_requested_at__isnull=True).update(
-        status=Status.CLAIMED, lease=lease, worker=worker, claimed_at=now, heartbeat_at=now, updated_at=now,
+        status=Status.CLAIMED, lease=lease, worker=worker, claimed_at=Now(), heartbeat_at=Now(), updated_at=Now(),
         attempts=F("attempts") + 1,
     )
     return lease if won == 1 else None
 
 
 def job_start_building(*, job_id: str, lease: uuid.UUID, commit_sha: str, image_tag: str) -> bool:
-    now = timezone.now()
     return (
         Job.objects.filter(pk=job_id, lease=lease, status=Status.CLAIMED, cancel_requested_at__isnull=True).update(
-            status=Status.BUILDING, commit_sha=commit_sha, image_tag=image_tag, heartbeat_at=now, updated_at=now
+            status=Status.BUILDING, commit_sha=commit_sha, image_tag=image_tag, heartbeat_at=Now(), updated_at=Now()
         )
         == 1
     )
@@ -48,7 +63,7 @@ def job_start_building(*, job_id: str, lease: uuid.UUID, commit_sha: str, image_
 
 def job_heartbeat(*, job_id: str, lease: uuid.UUID, progress: dict | None = None) -> bool:
     """Renew the lease. False means stop: the job was canceled or is not ours any more."""
-    fields = {"heartbeat_at": timezone.now()}
+    fields = {"heartbeat_at": Now()}
     if progress is not None:
         fields["progress"] = progress
     return (
@@ -64,14 +79,17 @@ def job_fence(*, job_id: str, lease: uuid.UUID) -> bool:
     attempt for LEASE_SECONDS after this returns True. False: canceled or taken away."""
     return (
         Job.objects.filter(pk=job_id, lease=lease, status=Status.BUILDING, cancel_requested_at__isnull=True)
-        .update(heartbeat_at=timezone.now())
+        .update(heartbeat_at=Now())
         == 1
     )
 
 
-def job_set_started(*, job_id: str, lease: uuid.UUID) -> None:
-    """First claim sets startedAt; retries keep it, so durationSeconds covers all attempts."""
-    Job.objects.filter(pk=job_id, lease=lease, started_at__isnull=True).update(started_at=timezone.now())
+def job_set_started(*, job_id: str, lease: uuid.UUID) -> float:
+    """First claim sets startedAt; retries keep it, so durationSeconds and the job's timeout
+    cover all attempts. Returns the seconds since that first start."""
+    Job.objects.filter(pk=job_id, lease=lease, started_at__isnull=True).update(started_at=Now())
+    started_at, now = Job.objects.filter(pk=job_id).annotate(db_now=Now()).values_list("started_at", "db_now").get()
+    return max(0.0, (now - started_at).total_seconds())
 
 
 def cancel_requested(job_id: str) -> bool:
@@ -88,19 +106,30 @@ def job_finish(
     image_digest: str = "",
     from_statuses=ACTIVE_STATUSES,
 ) -> bool:
-    """Move the job to a final status and queue its one callback, in one transaction."""
+    """Move the job to a final status and queue its one callback, in one transaction. A job
+    whose cancel was requested ends `canceled` whatever `status` says."""
+    query = Job.objects.filter(pk=job_id, status__in=from_statuses)
+    if lease is not None:
+        query = query.filter(lease=lease)
+    return _finish(job_id, query, status=status, error_code=error_code, error=error, image_digest=image_digest)
+
+
+def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error: str, image_digest: str = "") -> bool:
     assert status in FINAL_STATUSES
-    now = timezone.now()
+    fields = dict(
+        status=Value(status), error_code=Value(error_code), error=Value(error[:2000]), finished_at=Now(),
+        updated_at=Now(), lease=None, progress=None,
+    )
+    if image_digest:
+        fields["image_digest"] = Value(image_digest)
+    if status != Status.CANCELED:
+        # Decided in the update itself: a cancel flagged a moment ago still counts.
+        overrides = {"status": Status.CANCELED, "error_code": "CANCELED", "error": "canceled by request",
+                     "image_digest": ""}
+        for name in list(fields):
+            if name in overrides:
+                fields[name] = Case(When(_CANCEL_REQUESTED, then=Value(overrides[name])), default=fields[name])
     with transaction.atomic():
-        query = Job.objects.filter(pk=job_id, status__in=from_statuses)
-        if lease is not None:
-            query = query.filter(lease=lease)
-        fields = dict(
-            status=status, error_code=error_code, error=error[:2000], finished_at=now, updated_at=now,
-            lease=None, progress=None,
-        )
-        if image_digest:
-            fields["image_digest"] = image_digest
         if query.update(**fields) != 1:
             return False
         callbacks.enqueue_outcome(Job.objects.get(pk=job_id))
@@ -108,16 +137,41 @@ def job_finish(
 
 
 def job_retry_later(*, job_id: str, lease: uuid.UUID, error_code: str, error: str, delay_seconds: float) -> bool:
-    """Hand a job that failed for infrastructure reasons back to the queue, counting a retry."""
-    now = timezone.now()
-    return (
-        Job.objects.filter(pk=job_id, lease=lease, status__in=ACTIVE_STATUSES).update(
+    """Hand a job that failed for infrastructure reasons back to the queue, counting a retry.
+    False when it was not handed back: the lease is lost, or a cancel was requested, in which
+    case the job ends `canceled` here (its worker had not noticed the cancel yet)."""
+    ours = Job.objects.filter(pk=job_id, lease=lease, status__in=ACTIVE_STATUSES)
+    if ours.filter(cancel_requested_at__isnull=True).update(
+        status=Status.PENDING, lease=None, worker="", retry_count=F("retry_count") + 1,
+        error_code=error_code, error=error[:2000], enqueued_at=Now() + timedelta(seconds=delay_seconds),
+        updated_at=Now(), progress=None,
+    ):
+        return True
+    _finish(job_id, ours.filter(_CANCEL_REQUESTED), status=Status.CANCELED, error_code="CANCELED", error="canceled by request")
+    return False
+
+
+def job_take_back(*, job_id: str, lease: uuid.UUID | None, reason: str, worker_gone: bool = False) -> str:
+    """A job whose worker is gone: back to `pending` (a retry), or `failed` with WORKER_LOST when
+    retries are used up, or `canceled` when a cancel was requested. One conditional update on
+    the lease the caller saw and on the heartbeat being expired still, so a worker that renewed
+    its lease since the caller looked keeps its job; `worker_gone` (the caller saw the worker
+    process is dead) takes it back without waiting for the lease to expire.
+    Returns "requeued", "failed", "canceled" or "skipped"."""
+    lost = Job.objects.filter(pk=job_id, lease=lease, status__in=ACTIVE_STATUSES)
+    if not worker_gone:
+        lost = lost.filter(lease_expired())
+    with transaction.atomic():
+        if lost.filter(cancel_requested_at__isnull=True, retry_count__lt=settings.MAX_RETRIES).update(
             status=Status.PENDING, lease=None, worker="", retry_count=F("retry_count") + 1,
-            error_code=error_code, error=error[:2000], enqueued_at=now + timedelta(seconds=delay_seconds),
-            updated_at=now, progress=None,
-        )
-        == 1
-    )
+            error_code=errors.WORKER_LOST, error=reason, enqueued_at=Now(), updated_at=Now(), progress=None,
+        ):
+            dispatch.publish_on_commit(job_id)
+            return "requeued"
+    ends = lost.filter(_CANCEL_REQUESTED | Q(retry_count__gte=settings.MAX_RETRIES))
+    if not _finish(job_id, ends, status=Status.FAILED, error_code=errors.WORKER_LOST, error=f"{reason}; no retries left"):
+        return "skipped"
+    return "canceled" if Job.objects.filter(pk=job_id, status=Status.CANCELED).exists() else "failed"
 
 
 def retry_delay(retry_count: int) -> float:
@@ -127,25 +181,23 @@ def retry_delay(retry_count: int) -> float:
 
 def job_cancel(*, job_id: str) -> tuple[Job | None, bool]:
     """Cancel a job in any non-final state. Returns (job, accepted); accepted is False when the
-    job was already final. A pending job is canceled at once; a claimed or building one is
-    flagged, and its worker stops the build within a heartbeat and writes `canceled`."""
-    now = timezone.now()
-    with transaction.atomic():
-        canceled_pending = Job.objects.filter(pk=job_id, status=Status.PENDING).update(
-            status=Status.CANCELED, cancel_requested_at=now, finished_at=now, updated_at=now,
-            error_code="CANCELED", error="canceled before it started", lease=None,
-        )
-        if canceled_pending:
-            callbacks.enqueue_outcome(Job.objects.get(pk=job_id))
-    if canceled_pending:
-        logs.append_text(job_id, "job canceled before a worker took it")
-        return Job.objects.get(pk=job_id), True
+    job was already final. The request is flagged first, then a pending job is canceled at
+    once; a claimed or building one is stopped by its worker within a heartbeat, and whoever
+    ends it after the flag (worker, retry, reaper) ends it `canceled`. In this order a job that
+    goes back to the queue between the two steps is canceled too."""
     flagged = Job.objects.filter(
-        pk=job_id, status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True
-    ).update(cancel_requested_at=now, updated_at=now)
+        pk=job_id, status__in=(Status.PENDING, *ACTIVE_STATUSES), cancel_requested_at__isnull=True
+    ).update(cancel_requested_at=Now(), updated_at=Now())
+    canceled_pending = _finish(
+        job_id, Job.objects.filter(pk=job_id, status=Status.PENDING), status=Status.CANCELED, error_code="CANCELED",
+        error="canceled before it started",
+    )
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         return None, False
+    if canceled_pending:
+        logs.append_text(job_id, "job canceled before a worker took it")
+        return job, True
     if flagged:
         logs.append_text(job_id, "cancel requested; stopping the build")
     return job, not job.is_final

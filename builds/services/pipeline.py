@@ -2,7 +2,8 @@
 digest), tag (fenced by the lease), finish.
 
 Errors are caught here and nowhere else in the worker: user errors fail the job, transient
-ones hand it back to the queue (until MAX_RETRIES), cancel and timeout end it, and a lost lease
+ones hand it back to the queue (until MAX_RETRIES), cancel and timeout end it (the timeout is
+one deadline for the whole job, from its first start, whatever the retries), and a lost lease
 means another worker owns the job now, so this one leaves the row alone. The workspace is
 removed whatever happened.
 """
@@ -45,9 +46,11 @@ class BuildDirector:
         secret_keys = set(config.get("secrets") or [])
         self.build_args = {k: v for k, v in (config.get("env") or {}).items() if k not in secret_keys}
         self.log = logs.LogWriter(job.id, logs.Masker(self.secrets.values()))
-        timeout = config.get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
+        # One deadline for the whole job, counted from its first start: run() moves the
+        # deadline back by the time earlier attempts (and the waits between them) took.
+        self.timeout = config.get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
         self.guard = process.Guard(
-            deadline=time.monotonic() + timeout,
+            deadline=time.monotonic() + self.timeout,
             heartbeat=self._heartbeat,
             is_canceled=lambda: lifecycle.cancel_requested(job.id),
             interval=settings.HEARTBEAT_SECONDS,
@@ -169,7 +172,10 @@ class BuildDirector:
         attempt = job.attempts
         self.log.line(f"attempt {attempt} on worker {worker_id()}" + (f" (retry {job.retry_count})" if job.retry_count else ""))
         try:
-            lifecycle.job_set_started(job_id=job.id, lease=self.lease)
+            elapsed = lifecycle.job_set_started(job_id=job.id, lease=self.lease)
+            self.guard.deadline = time.monotonic() + self.timeout - elapsed
+            if elapsed >= self.timeout:
+                raise BuildTimedOut("no time left for another attempt")
             sha = self.fetch_source()
             inputs = self.prepare()
             repository, tag = naming.image_repository(job.user_id, job.project_id), naming.image_tag(job.id)
@@ -192,9 +198,9 @@ class BuildDirector:
             self._finish(Status.CANCELED, "CANCELED", "canceled by request")
             return Outcome()
         except BuildTimedOut:
-            timeout = (job.build_config or {}).get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
-            self.log.line(f"build stopped: the job exceeded its timeout of {timeout} seconds")
-            self._finish(Status.FAILED, "TIMEOUT", f"the job exceeded its timeout of {timeout} seconds")
+            message = f"the job exceeded its timeout of {self.timeout} seconds"
+            self.log.line(f"build stopped: {message} (counted from its first start, across retries)")
+            self._finish(Status.FAILED, "TIMEOUT", message)
             return Outcome()
         except BuildError as exc:
             self.log.line(f"error [{exc.code}]: {exc.message}")
@@ -206,6 +212,8 @@ class BuildDirector:
                     job_id=job.id, lease=self.lease, error_code=exc.code, error=exc.message, delay_seconds=delay
                 ):
                     return Outcome(retry_in=delay)
+                if lifecycle.cancel_requested(job.id):
+                    self.log.line("not retried: the job was canceled meanwhile")
                 return Outcome()
             self._finish(Status.FAILED, exc.code, exc.message)
             return Outcome()

@@ -1,21 +1,20 @@
 """Taking back jobs whose worker is gone, and re-sending lost queue messages.
 
 A building job renews its lease every HEARTBEAT_SECONDS. Once a lease is LEASE_SECONDS old
-the job is handed back to the queue (counting a retry) or failed when retries are used up.
-Every write is conditional on the lease the reaper saw, so a worker that heartbeats at the
-same moment keeps its job, and two reapers running at once act once.
+(by the database's clock) the job is handed back to the queue (counting a retry) or failed
+when retries are used up; `lifecycle.job_take_back` writes it, conditional on the lease the
+reaper saw and on the heartbeat being expired still, so a worker that heartbeats at the same
+moment keeps its job, and two reapers running at once act once.
 """
 
 import logging
 import os
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.utils import timezone
+from django.db.models.functions import Now
 
-from builds import errors
 from builds.models import ACTIVE_STATUSES, Job, ServiceCounter, Status
 from builds.services import dispatch, lifecycle, logs
 
@@ -23,18 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def reap(*, batch: int = 100) -> dict[str, int]:
-    now = timezone.now()
-    expired = Job.objects.filter(
-        status__in=ACTIVE_STATUSES, heartbeat_at__lt=now - timedelta(seconds=settings.LEASE_SECONDS)
-    )
+    expired = Job.objects.filter(lifecycle.lease_expired(), status__in=ACTIVE_STATUSES)
     counts = {"requeued": 0, "failed": 0, "canceled": 0, "skipped": 0, "resent": 0}
     for job in expired.order_by("heartbeat_at")[:batch]:
         counts[take_back(job, reason=f"worker {job.worker} stopped renewing its lease")] += 1
-    stale_pending = Job.objects.filter(
-        status=Status.PENDING, enqueued_at__lt=now - timedelta(seconds=settings.REQUEUE_AFTER_SECONDS)
-    )
-    for job_id, enqueued_at in stale_pending.values_list("pk", "enqueued_at")[:batch]:
-        if Job.objects.filter(pk=job_id, status=Status.PENDING, enqueued_at=enqueued_at).update(enqueued_at=now):
+    stale = lifecycle.seconds_ago(settings.REQUEUE_AFTER_SECONDS)
+    stale_pending = Job.objects.filter(status=Status.PENDING, enqueued_at__lt=stale)
+    for job_id, cancel_requested_at in stale_pending.values_list("pk", "cancel_requested_at")[:batch]:
+        if cancel_requested_at:  # no worker may claim it: end it instead of re-sending it forever
+            _, accepted = lifecycle.job_cancel(job_id=job_id)
+            counts["canceled" if accepted else "skipped"] += 1
+        # Still stale in the update: another reaper that re-sent it meanwhile moved enqueued_at.
+        elif Job.objects.filter(pk=job_id, status=Status.PENDING, enqueued_at__lt=stale).update(enqueued_at=Now()):
             dispatch.publish(job_id)
             counts["resent"] += 1
     if any(counts.values()):
@@ -55,32 +54,14 @@ def count_action(action: str, count: int = 1) -> None:
             ServiceCounter.objects.filter(pk=name).update(value=F("value") + count)
 
 
-def take_back(job: Job, *, reason: str) -> str:
+def take_back(job: Job, *, reason: str, worker_gone: bool = False) -> str:
     """Requeue, fail or cancel one job whose lease is dead; returns what was done."""
-    if job.cancel_requested_at:
-        done = lifecycle.job_finish(
-            job_id=job.pk, lease=job.lease, status=Status.CANCELED, error_code="CANCELED", error="canceled by request"
-        )
-        return "canceled" if done else "skipped"
-    if job.retry_count >= settings.MAX_RETRIES:
-        if not lifecycle.job_finish(
-            job_id=job.pk, lease=job.lease, status=Status.FAILED, error_code=errors.WORKER_LOST,
-            error=f"{reason}; no retries left",
-        ):
-            return "skipped"
-        logs.append_text(job.pk, f"{reason}; no retries left, job failed")
-        return "failed"
-    with transaction.atomic():
-        moved = Job.objects.filter(pk=job.pk, lease=job.lease, status__in=ACTIVE_STATUSES).update(
-            status=Status.PENDING, lease=None, worker="", retry_count=F("retry_count") + 1,
-            error_code=errors.WORKER_LOST, error=reason, enqueued_at=timezone.now(), progress=None,
-        )
-        if moved:
-            dispatch.publish_on_commit(job.pk)
-    if moved:
+    done = lifecycle.job_take_back(job_id=job.pk, lease=job.lease, reason=reason, worker_gone=worker_gone)
+    if done == "requeued":
         logs.append_text(job.pk, f"{reason}; job handed back to the queue")
-        return "requeued"
-    return "skipped"
+    elif done == "failed":
+        logs.append_text(job.pk, f"{reason}; no retries left, job failed")
+    return done
 
 
 def reap_dead_local_workers() -> int:
@@ -91,7 +72,7 @@ def reap_dead_local_workers() -> int:
     for job in Job.objects.filter(status__in=ACTIVE_STATUSES, worker__startswith=prefix):
         pid = job.worker[len(prefix):]
         if pid.isdigit() and not _alive(int(pid)):
-            count_action(take_back(job, reason=f"worker process {job.worker} is gone"))
+            count_action(take_back(job, reason=f"worker process {job.worker} is gone", worker_gone=True))
             taken += 1
     return taken
 
