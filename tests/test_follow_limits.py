@@ -2,7 +2,9 @@
 followers of one job cost no thread and no database connection each, and beyond
 MAX_LOG_FOLLOWERS a web process answers 429."""
 
+import asyncio
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -143,3 +145,31 @@ def test_followers_sharing_a_reader_all_get_every_line_and_the_end(web):
     full = httpx.get(f"{web.url}/api/v1/jobs/{job_id}/logs", headers=AUTH, timeout=10).content
     assert len(received) == 10
     assert all(text == full for text in received.values())
+
+
+def test_readers_hold_no_connection_once_the_reads_are_done():
+    """A reader closes its connection before it waits for work. Closing "after a read if the queue
+    looked empty" let another reader take the queued read, and this one wait holding a connection
+    (the test above then saw a database file stay open)."""
+    from django.db import connections
+
+    from builds.services.follow import Readers
+
+    readers, used = Readers(threads=4), {}
+
+    def read(i):
+        connections["default"].ensure_connection()
+        used[threading.get_ident()] = connections["default"]
+
+    async def burst():
+        await asyncio.gather(*(readers.run(read, i) for i in range(24)))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave at every few bytecodes: races show up
+    try:
+        for _ in range(50):
+            asyncio.run(burst())
+            wait_for(lambda: all(c.connection is None for c in used.values()), 5,
+                     "every reader to close its connection once nothing is queued")
+    finally:
+        sys.setswitchinterval(switch)

@@ -230,15 +230,19 @@ class Readers:
 
     def _work(self) -> None:
         while True:
-            loop, future, fn, args = self._queue.get()
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                # Closed just before waiting, never "after a read if the queue looks empty": another
+                # reader may take the read that was queued then, and this one would wait holding it.
+                connection.close()
+                item = self._queue.get()
+            loop, future, fn, args = item
             result, error = None, None
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the caller, which raises it
                 error = exc
-            finally:
-                if self._queue.empty():
-                    connection.close()
             with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody waits
                 loop.call_soon_threadsafe(_settle, future, result, error)
 
