@@ -271,8 +271,9 @@ BROKER_SQLITE_PATH = sqlite_path(BROKER_SQLALCHEMY_URL) if BROKER_IS_SQLA else N
 # A SQLite broker wakes its workers through a doorbell (hubfly/broker.py): polling is only its
 # safety net. Other SQLAlchemy databases rely on polling alone.
 BROKER_POLL_SECONDS = env_float("BROKER_POLL_SECONDS", 1.0 if BROKER_SQLITE_PATH else 0.1, minimum=0.01)
-# Longest a message may stay unacknowledged before Redis redelivers it: above any build.
-_LONGEST_TASK_SECONDS = MAX_TIMEOUT_SECONDS + 3600
+# Longest a message may stay unacknowledged before the broker hands it to another worker (Redis's
+# visibility_timeout, RabbitMQ's consumer timeout): above any build.
+BROKER_UNACKED_SECONDS = MAX_TIMEOUT_SECONDS + 3600
 if BROKER_IS_SQLA:
     # kombu's SQLAlchemy transport with the doorbell; it takes the plain SQLAlchemy URL.
     CELERY_BROKER_TRANSPORT = "hubfly.broker:Transport"
@@ -281,20 +282,25 @@ if BROKER_IS_SQLA:
     # which would restore (and duplicate) running builds (platform notes A1, pitfall 6).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 60}}
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _LONGEST_TASK_SECONDS}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_UNACKED_SECONDS}
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
     # RabbitMQ closes a channel whose delivery stays unacknowledged past consumer_timeout (30 min
-    # by default); builds are acknowledged when they end. RabbitMQ 3.12+ honours this per-queue
-    # argument; older servers need consumer_timeout in rabbitmq.conf (see README).
+    # by default); builds are acknowledged when they end. RabbitMQ 3.11.15 and 3.12+ honour this
+    # per-queue argument; older ones (Debian 12's 3.10) ignore it and need consumer_timeout in
+    # rabbitmq.conf (see README).
     from kombu import Queue
 
     CELERY_TASK_QUEUES = (
-        Queue("builds", queue_arguments={"x-consumer-timeout": _LONGEST_TASK_SECONDS * 1000}),
+        Queue("builds", queue_arguments={"x-consumer-timeout": BROKER_UNACKED_SECONDS * 1000}),
         Queue("maintenance"),
     )
 CELERY_TASK_ACKS_LATE = True
+# A lost broker connection leaves running builds alone (Celery 6 will cancel them by default):
+# the build keeps its lease in the database, and its message, redelivered, finds the job taken
+# and does nothing. Cancelling would throw the build away and make it again.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = not BROKER_IS_SQLA
