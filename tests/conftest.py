@@ -88,8 +88,10 @@ def _claim_state_slot():
 class Worker:
     """A real `celery worker` process on the test's broker and database."""
 
-    def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None, queue: str = "builds"):
+    def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None, queue: str = "builds",
+                 args: tuple[str, ...] = ()):
         self.name, self.concurrency, self.extra_env, self.queue = name, concurrency, extra_env or {}, queue
+        self.args = args  # more `celery worker` options
         self.start()
 
     def start(self) -> None:
@@ -100,7 +102,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--queues", self.queue,
              "--concurrency", str(concurrency),
-             "--pool", "prefork", "--loglevel", os.environ.get("HUBFLY_TEST_WORKER_LOGLEVEL", "INFO"), "-n", f"{name}@%h", "--without-heartbeat"],
+             "--pool", "prefork", "--loglevel", os.environ.get("HUBFLY_TEST_WORKER_LOGLEVEL", "INFO"), "-n", f"{name}@%h", "--without-heartbeat", *self.args],
             cwd=REPO_ROOT, env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -126,13 +128,13 @@ class Worker:
 
 
 class Beat:
-    def __init__(self):
-        self.log_path = TEST_ROOT / "log" / "beat.log"
+    def __init__(self, name: str = "beat", extra_env: dict | None = None):
+        self.log_path = TEST_ROOT / "log" / f"{name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hubfly", "beat", "--loglevel", "INFO",
-             "--schedule", str(TEST_ROOT / "celerybeat-schedule")],
-            cwd=REPO_ROOT, env=dict(os.environ), stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
+             "--schedule", str(TEST_ROOT / f"cele{name}-schedule")],
+            cwd=REPO_ROOT, env={**os.environ, **(extra_env or {})}, stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def stop(self) -> None:
