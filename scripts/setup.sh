@@ -14,10 +14,10 @@ sudo=""
 # policy (hubfly/buildnet.py).
 needs="git:git runc:runc docker-registry:docker-registry curl:curl iptables:iptables ip:iproute2 \
   /usr/lib/cni/bridge:containernetworking-plugins"
-# Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis, and
-# drive the admin in a headless browser.
+# Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis and
+# RabbitMQ, and drive the admin in a headless browser.
 [ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
-  /usr/lib/postgresql/15/bin/postgres:postgresql"
+  /usr/lib/postgresql/15/bin/postgres:postgresql /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server"
 missing=()
 for pair in $needs; do
   binary=${pair%:*} package=${pair##*:}
@@ -30,6 +30,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's package starts a system RabbitMQ on install. The tests run a node of their own (own
+  # ports and epmd), so one installed here only for them is stopped and not started at boot.
+  if [[ " ${missing[*]} " == *" rabbitmq-server "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v buildctl >/dev/null 2>&1 || ! command -v buildkitd >/dev/null 2>&1; then
