@@ -9,12 +9,12 @@ lost is not quietly replaced by the reaper's copy within a test, so each test se
 own doing.
 """
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 
 import psycopg
@@ -44,25 +44,23 @@ def rabbit():
 @pytest.fixture(scope="module")
 def stack(rabbit, infra):
     """Web, maintenance worker and beat on RabbitMQ and a database of their own."""
-    server_url = settings.DATABASES["default"]
-    base = f"postgres://{server_url['USER']}@{server_url['HOST']}:{server_url['PORT']}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+    database = settings.DATABASES["default"]
+    server = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute("CREATE DATABASE hubfly_rabbitmq")
-    env = {"DATABASE_URL": f"{base}/hubfly_rabbitmq", "CELERY_BROKER_URL": rabbit.url,
+    env = {"DATABASE_URL": f"{server}/hubfly_rabbitmq", "CELERY_BROKER_URL": rabbit.url,
            "REQUEUE_AFTER_SECONDS": "600"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO_ROOT, check=True,
                    env={**os.environ, **env, **host_env("rmq-migrate")})
-    maintenance = Worker("rmq-maintenance", concurrency=1, queue="maintenance", extra_env={**env, **host_env("rmq-m")})
-    beat = Beat("rmq-beat", extra_env={**env, **host_env("rmq-beat")})
-    web = WebServer(TEST_ROOT / "log" / "rmq-web.log", env={**env, **host_env("rmq-web")})
-    db = psycopg.connect(env["DATABASE_URL"], autocommit=True)
-    try:
+    with contextlib.ExitStack() as started:
+        maintenance = Worker("rmq-maintenance", concurrency=1, queue="maintenance",
+                             extra_env={**env, **host_env("rmq-maintenance")})
+        started.callback(maintenance.stop)
+        started.callback(Beat("rmq-beat", extra_env={**env, **host_env("rmq-beat")}).stop)
+        web = WebServer(TEST_ROOT / "log" / "rmq-web.log", env={**env, **host_env("rmq-web")})
+        started.callback(web.stop)
+        db = started.enter_context(psycopg.connect(env["DATABASE_URL"], autocommit=True))
         yield Stack(env, web, db)
-    finally:
-        db.close()
-        web.stop()
-        beat.stop()
-        maintenance.stop()
 
 
 def host_env(name: str) -> dict:
