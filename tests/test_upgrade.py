@@ -150,8 +150,9 @@ class Process:
 
 
 class Client(threading.Thread):
-    """Submits a job every few tenths of a second (every other one with a secret) and reads
-    jobs, their list and their logs in between, through whichever web process `url` names."""
+    """Reads a job, its log and the job list every few tenths of a second and submits a job
+    every third time (every other one with a secret), through whichever web process `url`
+    names."""
 
     def __init__(self, url: str, repo_url: str):
         super().__init__(daemon=True)
@@ -193,8 +194,10 @@ class Client(threading.Thread):
                 raise AssertionError(f"GET {path} answered {status}: {body[:300]!r}")
 
     def run(self) -> None:
-        while not self.done.is_set():
-            for step in (self.submit, self.read):
+        for turn in range(10**9):
+            if self.done.is_set():
+                break
+            for step in (self.submit, self.read) if turn % 3 == 0 else (self.read,):
                 phase = self.phase
                 try:
                     step()
@@ -205,6 +208,15 @@ class Client(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(timeout=60)
+
+
+def job_rows_text(deployment: Deployment) -> str:
+    """Every column of every job row, as the database holds it."""
+    db = sqlite3.connect(f"file:{deployment.data_dir / 'hubfly.sqlite3'}?mode=ro", uri=True, timeout=30)
+    try:
+        return repr(db.execute("SELECT * FROM builds_job").fetchall())
+    finally:
+        db.close()
 
 
 def job_rows(deployment: Deployment) -> dict[str, tuple]:
@@ -297,6 +309,10 @@ def test_upgrade_under_traffic_fails_no_request_and_loses_no_job(build_services,
         for process in running.values():
             process.check_alive()
         rows = job_rows(deployment)
+        # 4. The contract step, once no old process is left: no secret stays in plain text.
+        deployment.manage(new, "seal_secrets")
+        stored = job_rows_text(deployment)
+        plain = [job_id for job_id, info in client.jobs.items() if info["secret"] and f"s3cret-{job_id}" in stored]
     finally:
         for process in running.values():
             process.stop()
@@ -311,3 +327,4 @@ def test_upgrade_under_traffic_fails_no_request_and_loses_no_job(build_services,
     wait_for(lambda: all(len(receiver.for_job(job_id)) >= 1 for job_id in client.jobs), 60, "every callback")
     callbacks = {job_id: [r.json["status"] for r in receiver.for_job(job_id)] for job_id in client.jobs}
     assert all(sent == ["success"] for sent in callbacks.values()), callbacks
+    assert not plain, f"secret values still in plain text after seal_secrets: {plain}"
