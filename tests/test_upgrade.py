@@ -10,7 +10,8 @@ connection is a failure too, in every phase.
 
 The deployment has a registry and a buildkitd of its own: the old release knows no registry
 credentials, so its registry asks for none (as an operator's registry from before the
-upgrade would not). Builds are `FROM scratch`, so no base image is needed.
+upgrade would not). Builds are `FROM scratch`, so no base image is needed. The database is
+SQLite, or with HUBFLY_TEST_SCALEOUT=1 a PostgreSQL database of its own, with Redis as the broker.
 """
 
 import json
@@ -24,13 +25,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from hubfly import localservices
-from tests.conftest import API_TOKEN, REPO_ROOT, TEST_ROOT, wait_for
+from tests.conftest import API_TOKEN, REPO_ROOT, SCALEOUT, TEST_ROOT, wait_for
 from tests.support.jobs import new_id
 from tests.support.webserver import free_port
 
@@ -77,6 +79,32 @@ class Deployment:
             "BUILDKIT_ADDR": buildkit, "MAX_CONCURRENT_BUILDS": "2",
             "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
         })
+        self.processes: list[Process] = []
+        self.database_url = None
+        if SCALEOUT:
+            # A database and a Redis database of its own on the session's servers.
+            import psycopg
+
+            server, _, _ = os.environ["DATABASE_URL"].rpartition("/")
+            name = f"upgrade_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as db:
+                db.execute(f"CREATE DATABASE {name}")
+            self.database_url = f"{server}/{name}"
+            broker, _, _ = os.environ["CELERY_BROKER_URL"].rpartition("/")
+            self.env.update({"DATABASE_URL": self.database_url, "CELERY_BROKER_URL": f"{broker}/7"})
+
+    def query(self, sql: str) -> list[tuple]:
+        """Rows straight from the deployment's database (the test's own Django uses another)."""
+        if self.database_url:
+            import psycopg
+
+            with psycopg.connect(self.database_url) as db:
+                return db.execute(sql).fetchall()
+        db = sqlite3.connect(f"file:{self.data_dir / 'hubfly.sqlite3'}?mode=ro", uri=True, timeout=30)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
 
     def manage(self, tree: Path, *args: str) -> str:
         out = subprocess.run([sys.executable, "manage.py", *args], cwd=tree, env=self.env, capture_output=True,
@@ -89,7 +117,15 @@ class Deployment:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(argv, cwd=tree, env={**self.env, **env}, stdout=open(log_path, "wb"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        return Process(f"{tree.name} {name}", proc, log_path)
+        self.processes.append(Process(f"{tree.name} {name}", proc, log_path))
+        return self.processes[-1]
+
+    def kill_leftovers(self) -> None:
+        """Whatever a failed test left running, with everything it started."""
+        for process in self.processes:
+            if process.proc.poll() is None:
+                os.killpg(process.proc.pid, signal.SIGKILL)
+                process.proc.wait()
 
     def worker(self, tree: Path, queue: str) -> "Process":
         concurrency = "2" if queue == "builds" else "1"
@@ -210,22 +246,9 @@ class Client(threading.Thread):
         self.join(timeout=60)
 
 
-def job_rows_text(deployment: Deployment) -> str:
-    """Every column of every job row, as the database holds it."""
-    db = sqlite3.connect(f"file:{deployment.data_dir / 'hubfly.sqlite3'}?mode=ro", uri=True, timeout=30)
-    try:
-        return repr(db.execute("SELECT * FROM builds_job").fetchall())
-    finally:
-        db.close()
-
-
 def job_rows(deployment: Deployment) -> dict[str, tuple]:
-    db = sqlite3.connect(f"file:{deployment.data_dir / 'hubfly.sqlite3'}?mode=ro", uri=True, timeout=30)
-    try:
-        return {row[0]: row[1:] for row in db.execute(
-            "SELECT id, status, attempts, retry_count, error_code, error FROM builds_job")}
-    finally:
-        db.close()
+    rows = deployment.query("SELECT id, status, attempts, retry_count, error_code, error FROM builds_job")
+    return {row[0]: tuple(row[1:]) for row in rows}
 
 
 @pytest.fixture
@@ -240,8 +263,8 @@ def build_services():
     log_dir = TEST_ROOT / "log"
     log_dir.mkdir(exist_ok=True)
     registry_proc = subprocess.Popen(
-        [localservices.find_binary("docker-registry"), "serve", str(config)], stdout=open(log_dir / "upgrade-registry.log", "wb"),
-        stderr=subprocess.STDOUT, start_new_session=True)
+        [localservices.find_binary("docker-registry"), "serve", str(config)],
+        stdout=open(log_dir / "upgrade-registry.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     started = [registry_proc]
     try:
         wait_for(lambda: localservices.registry_reachable(registry), 20, "the registry")
@@ -254,19 +277,13 @@ def build_services():
             localservices.stop(proc)
 
 
-def test_upgrade_under_traffic_fails_no_request_and_loses_no_job(build_services, git_server, receiver):
-    registry, buildkit = build_services
-    root = TEST_ROOT / "upgrade"
-    old, new = export_tree(old_commit(), root / "old"), REPO_ROOT
-    deployment = Deployment(root, registry, buildkit)
-    repo = git_server.repo("upgrade")
-    repo.commit({"Dockerfile": "FROM scratch\nARG NONCE\nCOPY hello /hello\nLABEL nonce=$NONCE\n", "hello": "hi\n"})
-
+def upgrade_under_traffic(deployment: Deployment, old: Path, new: Path, repo_url: str, receiver) -> tuple[Client, dict]:
+    """The README's order, with a client busy all along; returns it and the job rows after."""
     deployment.manage(old, "migrate", "--noinput")
     deployment.manage(old, "init_broker")
     running = {"builds": deployment.worker(old, "builds"), "maintenance": deployment.worker(old, "maintenance"),
                "beat": deployment.beat(old), "web": deployment.web(old)}
-    client = Client(running["web"].url, repo.url)
+    client = Client(running["web"].url, repo_url)
     client.start()
     try:
         time.sleep(PHASE_SECONDS)
@@ -298,24 +315,34 @@ def test_upgrade_under_traffic_fails_no_request_and_loses_no_job(build_services,
         time.sleep(2)
     finally:
         client.stop()
-        logs = {name: process.log_tail() for name, process in running.items()}
 
-    try:
-        def all_final():
-            rows = job_rows(deployment)
-            return all(rows.get(job_id, ("pending",))[0] in ("success", "failed", "canceled") for job_id in client.jobs)
-
-        wait_for(all_final, 120, "every job to end", interval=0.5)
-        for process in running.values():
-            process.check_alive()
+    def all_final():
         rows = job_rows(deployment)
-        # 4. The contract step, once no old process is left: no secret stays in plain text.
-        deployment.manage(new, "seal_secrets")
-        stored = job_rows_text(deployment)
-        plain = [job_id for job_id, info in client.jobs.items() if info["secret"] and f"s3cret-{job_id}" in stored]
+        return all(rows.get(job_id, ("pending",))[0] in ("success", "failed", "canceled") for job_id in client.jobs)
+
+    wait_for(all_final, 120, "every job to end", interval=0.5)
+    wait_for(lambda: all(receiver.for_job(job_id) for job_id in client.jobs), 60, "every callback", interval=0.5)
+    for process in running.values():
+        process.check_alive()
+    # 4. The contract step, once no old process is left.
+    deployment.manage(new, "seal_secrets")
+    for process in running.values():
+        process.stop()
+    return client, job_rows(deployment)
+
+
+def test_upgrade_under_traffic_fails_no_request_and_loses_no_job(build_services, git_server, receiver):
+    registry, buildkit = build_services
+    root = TEST_ROOT / "upgrade"
+    old = export_tree(old_commit(), root / "old")
+    deployment = Deployment(root, registry, buildkit)
+    repo = git_server.repo("upgrade")
+    repo.commit({"Dockerfile": "FROM scratch\nARG NONCE\nCOPY hello /hello\nLABEL nonce=$NONCE\n", "hello": "hi\n"})
+    try:
+        client, rows = upgrade_under_traffic(deployment, old, REPO_ROOT, repo.url, receiver)
+        stored = repr(deployment.query("SELECT * FROM builds_job"))
     finally:
-        for process in running.values():
-            process.stop()
+        deployment.kill_leftovers()
 
     phases = Counter(info["phase"] for info in client.jobs.values())
     print(f"requests per phase {dict(client.requests)}; jobs per phase {dict(phases)}")
@@ -323,8 +350,8 @@ def test_upgrade_under_traffic_fails_no_request_and_loses_no_job(build_services,
     assert all(phases[phase] >= 3 for phase in ("old", "migrate", "workers", "web")), phases
     not_built_once = {job_id: (info, rows[job_id]) for job_id, info in client.jobs.items()
                       if rows[job_id][:3] != ("success", 1, 0)}
-    assert not not_built_once, (not_built_once, logs)
-    wait_for(lambda: all(len(receiver.for_job(job_id)) >= 1 for job_id in client.jobs), 60, "every callback")
+    assert not not_built_once, not_built_once
     callbacks = {job_id: [r.json["status"] for r in receiver.for_job(job_id)] for job_id in client.jobs}
     assert all(sent == ["success"] for sent in callbacks.values()), callbacks
+    plain = [job_id for job_id, info in client.jobs.items() if info["secret"] and f"s3cret-{job_id}" in stored]
     assert not plain, f"secret values still in plain text after seal_secrets: {plain}"
