@@ -28,7 +28,8 @@ class Job(models.Model):
     # As accepted, without the values of the env entries `secrets` names: those are in
     # secret_values, encrypted (builds.services.jobs), and removed by log retention.
     build_config = models.JSONField(default=dict)
-    secret_values = models.TextField(blank=True, default="", editable=False)
+    # db_default: a release without this column still inserts jobs while an upgrade runs.
+    secret_values = models.TextField(blank=True, default="", db_default="", editable=False)
     # Hash of the accepted request: a client retry with the same body gets the same job back.
     request_fingerprint = models.CharField(max_length=64, editable=False)
 

@@ -188,8 +188,33 @@ def test_migration_encrypts_secrets_stored_in_plain_text_by_earlier_versions(api
     from django.apps import apps
 
     migration.encrypt_plain_secrets(apps, None)
-    assert "legacy-plain-value" not in raw_row("legacy")
     job = Job.objects.get(pk="legacy")
-    assert jobs.job_secrets(job) == {"TOKEN": "legacy-plain-value"}
-    # The client's retry of that request still finds its job.
+    assert job.secret_values and jobs.job_secrets(job) == {"TOKEN": "legacy-plain-value"}
+    # Until the earlier release is gone its workers read the plain value: it stays (README, Upgrading).
+    assert job.build_config["env"]["TOKEN"] == "legacy-plain-value"
+    # The client's retry of that request still finds its job, before and after the seal.
     assert api.post("/api/v1/jobs", data, format="json").status_code == 200
+    assert jobs.jobs_seal_plain_secrets() >= 1
+    assert "legacy-plain-value" not in raw_row("legacy")
+    assert jobs.job_secrets(Job.objects.get(pk="legacy")) == {"TOKEN": "legacy-plain-value"}
+    assert api.post("/api/v1/jobs", data, format="json").status_code == 200
+    assert jobs.jobs_seal_plain_secrets() == 0
+
+
+@pytest.mark.django_db
+def test_a_job_an_earlier_release_wrote_during_an_upgrade_is_built_with_its_plain_secrets(api):
+    data = request("written-by-old-web", TOKEN="plain-during-upgrade")
+    data["buildConfig"]["isAutoBuild"] = False  # as validated: the fingerprint hashes that
+    Job.objects.create(id="written-by-old-web", project_id="p", user_id="u", source_info=data["sourceInfo"],
+                       build_config=data["buildConfig"], request_fingerprint=legacy_fingerprint(data))
+    job = Job.objects.get(pk="written-by-old-web")
+    assert job.secret_values == ""
+    assert jobs.job_secrets(job) == {"TOKEN": "plain-during-upgrade"}
+    assert jobs.job_json(job)["buildConfig"]["env"]["TOKEN"] == "***"
+    assert api.post("/api/v1/jobs", data, format="json").status_code == 200
+    other = request("written-by-old-web", TOKEN="another-value")
+    other["buildConfig"]["isAutoBuild"] = False
+    assert api.post("/api/v1/jobs", other, format="json").status_code == 409
+    jobs.jobs_seal_plain_secrets()
+    assert "plain-during-upgrade" not in raw_row("written-by-old-web")
+    assert jobs.job_secrets(Job.objects.get(pk="written-by-old-web")) == {"TOKEN": "plain-during-upgrade"}

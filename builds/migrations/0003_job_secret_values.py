@@ -1,8 +1,11 @@
 """Secret values move out of build_config into secret_values, encrypted with SECRETS_KEY.
 
-Rows written by earlier versions hold them in plain text in build_config's env, and their
-request fingerprint hashes them too: both are rewritten here as builds.services.jobs writes
-new rows (the code is repeated, not imported, so this migration keeps meaning what it meant).
+This is the expand half, safe while the release before it still serves (README, Upgrading):
+the column has a database default, so that release's inserts work, and rows it wrote keep
+their plain values in build_config, which its workers read, beside the encrypted copy made
+here. `manage.py seal_secrets` (builds.services.jobs.jobs_seal_plain_secrets) removes the
+plain values once no process of that release is left. The code is repeated, not imported, so
+this migration keeps meaning what it meant.
 """
 
 import base64
@@ -40,11 +43,7 @@ def encrypt_plain_secrets(apps, schema_editor):
         secrets = {k: v for k, v in env.items() if k in keys}
         if not secrets:
             continue
-        public = {**config, "env": {k: v for k, v in env.items() if k not in keys}}
-        Job.objects.filter(pk=job.pk).update(
-            build_config=public, secret_values=cipher.encrypt(_canonical(secrets)).decode(),
-            request_fingerprint=_fingerprint(job, public),
-        )
+        Job.objects.filter(pk=job.pk).update(secret_values=cipher.encrypt(_canonical(secrets)).decode())
 
 
 def decrypt_secrets(apps, schema_editor):
@@ -54,8 +53,9 @@ def decrypt_secrets(apps, schema_editor):
     for job in list(Job.objects.exclude(secret_values="")):
         config = {**job.build_config, "env": {**(job.build_config.get("env") or {}),
                                               **json.loads(cipher.decrypt(job.secret_values.encode()))}}
-        Job.objects.filter(pk=job.pk).update(build_config=config, secret_values="",
-                                             request_fingerprint=_fingerprint(job, config))
+        if config != job.build_config:  # sealed: the plain values go back where that release reads them
+            Job.objects.filter(pk=job.pk).update(build_config=config, request_fingerprint=_fingerprint(job, config))
+        Job.objects.filter(pk=job.pk).update(secret_values="")
 
 
 class Migration(migrations.Migration):
@@ -68,7 +68,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='job',
             name='secret_values',
-            field=models.TextField(blank=True, default='', editable=False),
+            field=models.TextField(blank=True, default='', db_default='', editable=False),
         ),
         migrations.RunPython(encrypt_plain_secrets, decrypt_secrets),
     ]
