@@ -18,7 +18,8 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database is busy")
+# A full disk passes too, once space is freed: waiting or retrying is right, failing is not.
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database is busy", "database or disk is full")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -27,10 +28,10 @@ def is_transient(exc: BaseException) -> bool:
     if not isinstance(exc, OperationalError):
         return False
     if connection.vendor == "sqlite":
-        # Other OperationalErrors of SQLite ("no such table", a full disk) do not pass by waiting.
+        # Other OperationalErrors of SQLite ("no such table") do not pass by waiting.
         return any(text in str(exc).lower() for text in _SQLITE_TRANSIENT)
-    # PostgreSQL's OperationalError: connection lost, server restarting, serialization
-    # failure or deadlock; each is worth another try.
+    # PostgreSQL's OperationalError: connection lost, server restarting, disk full,
+    # serialization failure or deadlock; each is worth another try.
     return True
 
 

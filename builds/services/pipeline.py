@@ -8,6 +8,7 @@ means another worker owns the job now, so this one leaves the row alone. The wor
 removed whatever happened.
 """
 
+import errno
 import json
 import logging
 import os
@@ -242,6 +243,13 @@ class BuildDirector:
             return Outcome()
         except BuildError as exc:
             return self._failed(exc)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._internal_error(exc)
+                return Outcome()
+            # The workspace's disk filled up: this host's fault, not the repository's.
+            return self._failed(errors.TransientError(f"the workspace's disk is full: {exc}",
+                                                      code=errors.DISK_SPACE_LOW))
         except DatabaseError as exc:
             if dbfaults.is_transient(exc):
                 raise  # run() hands the job back; the workspace is gone by then
