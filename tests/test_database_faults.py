@@ -19,8 +19,10 @@ from tests.support.jobs import log_text, new_id, submit, wait_final
 from tests.test_recovery import BASE, BuildctlWatch, wait_building
 from tests.testenv import SCALEOUT
 
-pytestmark = [pytest.mark.usefixtures("live_db"),
-              pytest.mark.skipif(SCALEOUT, reason="SQLite's locks; PostgreSQL has tests/scaleout/test_database_drops.py")]
+pytestmark = [
+    pytest.mark.usefixtures("live_db"),
+    pytest.mark.skipif(SCALEOUT, reason="SQLite's locks; PostgreSQL has tests/scaleout/test_database_drops.py"),
+]
 
 STEPS = 'RUN echo $NONCE; for i in $(seq 1 12); do echo "step $i of 12"; sleep 1; done\n'
 
