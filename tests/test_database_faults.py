@@ -63,6 +63,7 @@ def test_a_database_locked_for_a_few_seconds_stops_no_build(api, worker, git_ser
 
 
 @pytest.mark.e2e
+@pytest.mark.waits
 def test_a_database_locked_for_longer_than_any_wait_hands_the_job_over_cleanly(api, worker, git_server):
     """Locked past the lease: the attempt stops its buildctl before the reaper could give the
     job to another attempt, so no two builds of it ever run at once; the job is built again

@@ -82,7 +82,9 @@ class BuildDirector:
                 raise
             dbfaults.recover()
             unrenewed = time.monotonic() - self._renewed_at
-            log.warning("job %s: heartbeat failed (%s); lease last renewed %.1f s ago", self.job.id, exc, unrenewed)
+            # One missed renewal is routine under write contention; half the way to giving up is not.
+            level = logging.WARNING if unrenewed >= self._give_up_after / 2 else logging.DEBUG
+            log.log(level, "job %s: heartbeat failed (%s); lease last renewed %.1f s ago", self.job.id, exc, unrenewed)
             if unrenewed >= self._give_up_after:
                 raise LeaseLost(f"the database was unavailable for {unrenewed:.0f} s; the lease may have expired")
             return True
