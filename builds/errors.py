@@ -65,4 +65,5 @@ GIT_UNAVAILABLE = "GIT_UNAVAILABLE"              # git host unreachable (transie
 DISK_SPACE_LOW = "DISK_SPACE_LOW"                # a workspace would leave less than MIN_FREE_DISK free (transient)
 BUILDKIT_UNAVAILABLE = "BUILDKIT_UNAVAILABLE"    # buildkitd unreachable (transient)
 REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"    # push/pull failed for network reasons (transient)
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"    # the database stayed locked or unreachable too long (transient)
 WORKER_LOST = "WORKER_LOST"                      # the worker died; retries used up

@@ -57,3 +57,29 @@ def _take_back_jobs_of_dead_local_workers(**_):
     taken = reaper.reap_dead_local_workers()
     if taken:
         log.info("took back %d job(s) of worker processes that died on this host", taken)
+
+
+@worker_ready.connect
+def _prune_this_hosts_workspaces(**_):
+    # Workspaces live on each build host's disk: the maintenance worker's hourly prune sees
+    # only its own. A worker removes those of attempts that died on this host (say, SIGKILLed
+    # with their worker), at start and then periodically, in a thread of the main process.
+    threading.Thread(target=_prune_workspaces_forever, name="workspace-prune", daemon=True).start()
+
+
+def _prune_workspaces_forever() -> None:
+    from django.conf import settings
+    from django.db import connection
+
+    from builds.services import housekeeping
+
+    while True:
+        try:
+            removed = housekeeping.prune_workspaces()
+            if removed:
+                log.info("removed %d orphaned workspace(s) of this host", removed)
+        except Exception:
+            log.exception("could not prune this host's workspaces; trying again later")
+        finally:
+            connection.close()  # this thread's own; not held while it sleeps
+        time.sleep(settings.WORKSPACE_PRUNE_INTERVAL_SECONDS)

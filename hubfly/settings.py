@@ -244,6 +244,8 @@ MIN_FREE_DISK = env_bytes("MIN_FREE_DISK", 1024**3)
 ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE", str(BASE_DIR / "configs/allowed-commands.json")))
 RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE", str(BASE_DIR / "configs/runtimes.json")))
 WORKSPACE_DIR = Path(env_str("WORKSPACE_DIR", str(DATA_DIR / "workspaces"))).resolve()
+# Every worker removes the orphaned workspaces of its host at start and this often.
+WORKSPACE_PRUNE_INTERVAL_SECONDS = env_float("WORKSPACE_PRUNE_INTERVAL_SECONDS", 600.0, minimum=1.0)
 # The key of each project's cache-mount namespace; every build host must have the same one.
 CACHE_NAMESPACE_SECRET = env_str("CACHE_NAMESPACE_SECRET") or _persistent_secret("cache-namespace-secret")
 # Images a Dockerfile's `# syntax=` line may name (repositories; any tag or digest).

@@ -4,6 +4,7 @@ import os
 import sqlite3
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -31,6 +32,28 @@ def test_logs_of_jobs_finished_longer_ago_than_the_retention_are_deleted():
     assert not logs.log_exists("old")
     assert logs.log_exists("recent") and logs.log_exists("running")
     housekeeping.prune_logs()  # safe to run twice
+
+
+def test_logs_are_pruned_in_batches_that_hold_the_write_lock_briefly():
+    """Each DELETE removes at most 500 rows: on SQLite a single statement deleting a year of
+    logs would hold the one write lock for seconds, and every build's log flush would wait."""
+    from django.db import connection
+
+    old = make_job("old-many", status="success",
+                   finished_at=timezone.now() - timedelta(days=settings.LOG_RETENTION_DAYS + 1))
+    LogChunk.objects.bulk_create([LogChunk(job=old, offset=i * 10, data=b"x" * 10) for i in range(1300)])
+    deleted_per_statement = []
+
+    def count_deletes(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith("DELETE"):
+            deleted_per_statement.append(context["cursor"].rowcount)
+        return result
+
+    with connection.execute_wrapper(count_deletes):
+        assert housekeeping.prune_logs() == 1300
+    assert not logs.log_exists("old-many")
+    assert len(deleted_per_statement) == 3 and max(deleted_per_statement) <= 500, deleted_per_statement
 
 
 def test_orphaned_workspaces_are_removed_but_not_those_in_use(tmp_path, settings):
@@ -117,3 +140,30 @@ def test_reaper_fails_a_lost_job_with_no_retries_left(settings):
     assert spent.status == "failed" and spent.error_code == "WORKER_LOST"
     assert Job.objects.get(pk="fresh").status == "building"
     assert reaper.reap()["failed"] == 0  # twice is harmless
+
+
+@pytest.mark.django_db(transaction=False)
+def test_each_build_host_removes_its_orphaned_workspaces_at_start_and_periodically(tmp_path, maintenance):
+    """Workspaces are on each host's own disk: the maintenance worker cannot see them. A worker
+    (here on a queue nobody publishes to) cleans its host's at start, and then periodically."""
+    from tests.conftest import Worker, wait_for
+
+    def orphan(name: str) -> Path:
+        path = tmp_path / name
+        (path / "src").mkdir(parents=True)
+        old = time.time() - 7200
+        os.utime(path, (old, old))
+        return path
+
+    at_start = orphan("at-start-0000")
+    host = Worker("workspace-host", concurrency=1, queue="workspace-prune-test",
+                  extra_env={"WORKSPACE_DIR": str(tmp_path), "WORKSPACE_PRUNE_INTERVAL_SECONDS": "1"})
+    try:
+        wait_for(lambda: not at_start.exists(), 30, "the orphan found at start to be removed")
+        fresh = tmp_path / "fresh-1111"
+        fresh.mkdir()
+        later = orphan("later-2222")
+        wait_for(lambda: not later.exists(), 30, "the orphan left later to be removed")
+        assert fresh.exists()  # younger than a minute: an attempt may be setting it up
+    finally:
+        host.stop()

@@ -10,13 +10,16 @@ import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from django.conf import settings
+from django.db.models.functions import Now
 
 from builds.models import Job
 from builds.services import lifecycle, naming, reaper
-from tests.conftest import wait_for
+from tests.conftest import API_TOKEN, TEST_ROOT, wait_for
 from tests.support.jobs import log_text, new_id, submit, wait_final
+from tests.support.webserver import WebServer
 from tests.test_recovery import BASE, buildctl_pids, delivered, wait_building, worker_with
 
 pytestmark = pytest.mark.usefixtures("live_db")
@@ -192,6 +195,28 @@ def test_worker_whose_clock_is_30_seconds_behind_keeps_its_jobs(api, worker, git
         wait_for(lambda: not workspaces(job_id), 10, "the attempt to end")
     assert job.status == "success", (job.status, job.error_code, job.error)
     assert job.attempts == 1 and job.retry_count == 0, log_text(api, job_id)
+
+
+def test_a_job_accepted_by_a_web_host_whose_clock_is_ahead_is_queued_by_the_database_clock(tmp_path):
+    """Fake: the web process's clock runs an hour ahead (the shim above). The reaper re-sends a
+    pending job's message once its enqueued_at is REQUEUE_AFTER_SECONDS old by the database's
+    clock: stamped by this host's clock, a lost message would wait an hour for that."""
+    (tmp_path / "sitecustomize.py").write_text(SKEWED_CLOCK)
+    web = WebServer(TEST_ROOT / "log" / f"web-skewed-{time.time_ns()}.log",
+                    env={"PYTHONPATH": str(tmp_path), "HUBFLY_TEST_CLOCK_SKEW_SECONDS": "3600"})
+    job_id = new_id("skewed-web")
+    try:
+        assert "clock skewed by +3600 s" in web.log()
+        response = httpx.post(f"{web.url}/api/v1/jobs", headers={"Authorization": f"Bearer {API_TOKEN}"}, json={
+            "id": job_id, "projectId": "faults", "userId": "tester",
+            "sourceInfo": {"gitRepository": "http://127.0.0.1:9/none.git"}}, timeout=30)
+        assert response.status_code == 201, response.text
+        enqueued_at, db_now = Job.objects.filter(pk=job_id).annotate(db_now=Now()).values_list(
+            "enqueued_at", "db_now").get()
+    finally:
+        web.stop()
+        lifecycle.job_cancel(job_id=job_id)
+    assert abs((db_now - enqueued_at).total_seconds()) < 60, (enqueued_at, db_now)
 
 
 @pytest.mark.e2e

@@ -110,3 +110,28 @@ def test_metrics_count_reaper_actions(web):
     before = ServiceCounter.objects.filter(pk="reaper_requeued").values_list("value", flat=True).first() or 0
     reaper.reap()
     assert scrape(web)[("hubfly_reaper_actions_total", (("action", "requeued"),))] == before + 1
+
+
+def test_oldest_pending_age_is_measured_by_the_database_clock(tmp_path):
+    """Fake: this web process's clock runs an hour ahead (the sitecustomize shim of
+    test_lifecycle_faults); the database's clock is the true one. A job waiting for its retry's
+    backoff is not waiting for a worker yet."""
+    from django.db.models.functions import Now
+
+    from tests.test_lifecycle_faults import SKEWED_CLOCK
+
+    (tmp_path / "sitecustomize.py").write_text(SKEWED_CLOCK)
+    server = WebServer(TEST_ROOT / "log" / f"web-metrics-skewed-{time.time_ns()}.log",
+                       env={"PROBE_REFRESH_SECONDS": "0.2", "PYTHONPATH": str(tmp_path),
+                            "HUBFLY_TEST_CLOCK_SKEW_SECONDS": "3600"})
+    try:
+        assert "clock skewed by +3600 s" in server.log()
+        Job.objects.all().delete()
+        waiting, backing_off = job("pending"), job("pending", error_code="GIT_UNAVAILABLE")
+        Job.objects.filter(pk=waiting.pk).update(enqueued_at=Now() - timedelta(seconds=100))
+        Job.objects.filter(pk=backing_off.pk).update(enqueued_at=Now() + timedelta(seconds=1000))
+        age = wait_for(lambda: (a := scrape_once(server)[("hubfly_oldest_pending_job_age_seconds", ())]) >= 100 and a,
+                       30, "the waiting job in /metrics")
+    finally:
+        server.stop()
+    assert 100 <= age < 160, age

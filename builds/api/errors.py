@@ -2,9 +2,12 @@
 
 import logging
 
+from django.db import DatabaseError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+
+from builds.services import dbfaults
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,14 @@ def exception_handler(exc, context):
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
             response["WWW-Authenticate"] = "Bearer"
             response.status_code = status.HTTP_401_UNAUTHORIZED
+        return response
+    if isinstance(exc, DatabaseError) and dbfaults.is_transient(exc):
+        # Locked, unreachable or out of disk: the service's state, not a bug; the client retries.
+        log.warning("database unavailable in %s: %s", context.get("view"), exc)
+        dbfaults.recover()
+        response = Response({"error": "SERVICE_UNAVAILABLE", "message": "the database is unavailable; try again later"},
+                            status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        response["Retry-After"] = "5"
         return response
     log.exception("unhandled error in %s", context.get("view"))
     return Response({"error": "INTERNAL_ERROR", "message": "internal error"}, status=500)

@@ -174,6 +174,8 @@ def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildE
         return UserError(
             f"{step} failed with exit code {code[1] if code else '?'}", code=errors.BUILD_STEP_FAILED
         )
+    if re.search(r"no space left on device|disk quota exceeded", output, re.I):
+        return TransientError(f"a disk of the build host is full: {reason}", code=errors.DISK_SPACE_LOW)
     if re.search(r"failed to (dial|connect)|connection error|no such file or directory.*buildkitd|"
                  r"buildkitd\.sock|Unavailable desc|context deadline exceeded|transport is closing", output):
         return TransientError(f"buildkitd is not reachable: {reason}", code=errors.BUILDKIT_UNAVAILABLE)

@@ -28,6 +28,8 @@ from builds import errors
 from builds.errors import TransientError, UserError
 from builds.services import gitsource, process
 
+# The workspace's disk filled up while git wrote to it: this host's fault, retried (perhaps elsewhere).
+_NO_SPACE = re.compile(r"no space left on device|disk quota exceeded", re.I)
 _TRANSIENT = re.compile(
     r"could not resolve host|connection refused|connection timed out|timed out|failed to connect|"
     r"couldn't connect|connection reset|early eof|rpc failed|the remote end hung up|"
@@ -292,6 +294,8 @@ def classify(output: str) -> errors.BuildError:
         return UserError(f"the repository refused access: {last}", code="SOURCE_AUTH_FAILED")
     if re.search(r"returned error: 404|repository .* not found|does not appear to be a git repository|not found", output, re.I):
         return UserError(f"the repository was not found: {last}", code=errors.SOURCE_NOT_FOUND)
+    if _NO_SPACE.search(output):
+        return TransientError(f"the workspace's disk is full: {last}", code=errors.DISK_SPACE_LOW)
     if _TRANSIENT.search(output):
         return TransientError(f"the git host could not be reached: {last}", code=errors.GIT_UNAVAILABLE)
     return UserError(f"git failed: {last}", code="GIT_FAILED")

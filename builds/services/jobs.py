@@ -15,7 +15,7 @@ import json
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from builds.errors import BuildError
 from builds.models import Job
@@ -121,7 +121,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                     build_config=build_config,
                     secret_values=seal_secrets(secrets),
                     request_fingerprint=digest,
-                    enqueued_at=timezone.now(),
+                    enqueued_at=Now(),  # the database's clock, as the reaper compares it
                 )
                 logs.append_text(job.id, "job accepted; waiting for a worker")
                 dispatch.publish_on_commit(job.id)

@@ -7,14 +7,16 @@ kept, and the chunks between are deleted. Readers show such a gap as one marker 
 
 import re
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Max
 
 from builds.models import LogChunk
+from builds.services import dbfaults
 
 MASK = "***"
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
@@ -101,38 +103,74 @@ def append_text(job_id: str, text: str, masker: Masker | None = None) -> int:
 
 class LogWriter:
     """Buffers a running build's output and appends it every FLUSH_SECONDS or FLUSH_BYTES,
-    so readers see progress while the build runs without one write per line."""
+    so readers see progress while the build runs without one write per line.
+
+    While the database is briefly unavailable (locked, or its connection dropped) the lines
+    stay here and are written on a later try; past MAX_BUFFER_BYTES the oldest kept lines give
+    way to the newest, and a marker says how much was dropped."""
 
     FLUSH_SECONDS = 0.25
     FLUSH_BYTES = 64 * 1024
+    MAX_BUFFER_BYTES = 4 * 1024 * 1024
+    RETRY_MAX_SECONDS = 4.0
 
     def __init__(self, job_id: str, masker: Masker):
         self.job_id = job_id
         self.masker = masker
-        self._buffer: list[bytes] = []
+        self._buffer: deque[bytes] = deque()
         self._size = 0
+        self._dropped = 0
         self._last_flush = time.monotonic()
+        self._failures = 0
+        self._retry_at = 0.0
 
     def line(self, text: str) -> None:
-        self._buffer.append(f"[{timestamp()}] {self.masker(text)}\n".encode("utf-8", "replace"))
-        self._size += len(self._buffer[-1])
-        if self._size >= self.FLUSH_BYTES:
-            self.flush()
+        data = f"[{timestamp()}] {self.masker(text)}\n".encode("utf-8", "replace")
+        self._buffer.append(data)
+        self._size += len(data)
+        while self._size > self.MAX_BUFFER_BYTES and len(self._buffer) > 1:
+            self._size -= len(dropped := self._buffer.popleft())
+            self._dropped += len(dropped)
+        if self._size >= self.FLUSH_BYTES and time.monotonic() >= self._retry_at:
+            self._try_flush()
 
     def lines(self, text: str) -> None:
         for part in text.splitlines() or [""]:
             self.line(part)
 
     def tick(self) -> None:
-        if self._buffer and time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
-            self.flush()
+        now = time.monotonic()
+        if self._buffer and now - self._last_flush >= self.FLUSH_SECONDS and now >= self._retry_at:
+            self._try_flush()
+
+    def _try_flush(self) -> None:
+        """One short try from the build's output loop; a transient error keeps the lines."""
+        try:
+            with dbfaults.short_lock_wait(self.FLUSH_SECONDS):
+                self._write()
+        except DatabaseError as exc:
+            if not dbfaults.is_transient(exc):
+                raise
+            dbfaults.recover()
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(self.RETRY_MAX_SECONDS, self.FLUSH_SECONDS * 2**self._failures)
 
     def flush(self) -> None:
+        """Write every kept line now, trying again through transient errors for up to
+        LEASE_SECONDS (the attempt cannot go on without the database longer than that)."""
+        dbfaults.retrying(self._write, seconds=settings.LEASE_SECONDS, what=f"log of job {self.job_id}")
+
+    def _write(self) -> None:
         if self._buffer:
-            append_chunk(self.job_id, b"".join(self._buffer))
+            data = b"".join(self._buffer)
+            if self._dropped:
+                data = (f"[{timestamp()}] [... {self._dropped} bytes of build output dropped: the database was "
+                        f"unavailable for too long ...]\n").encode() + data
+            append_chunk(self.job_id, data)
             self._buffer.clear()
-            self._size = 0
+            self._size = self._dropped = 0
         self._last_flush = time.monotonic()
+        self._failures, self._retry_at = 0, 0.0
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ kept; deleting old rows looks to Prometheus like a counter reset, which rate() h
 import time
 from datetime import timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
-from django.utils import timezone
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.db.models.functions import Now
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -57,6 +57,16 @@ def _duration_histogram() -> HistogramMetricFamily:
     return histogram
 
 
+def _longest_wait_seconds() -> float:
+    """By the database's clock, which every host shares: this host's clock may be off. A job
+    waiting for its retry's backoff (enqueued_at ahead) is not waiting for a worker yet."""
+    oldest = (
+        Job.objects.filter(status=Status.PENDING, enqueued_at__lte=Now()).order_by("enqueued_at")
+        .annotate(db_now=Now()).values_list("enqueued_at", "db_now").first()
+    )
+    return max(0.0, (oldest[1] - oldest[0]).total_seconds()) if oldest else 0.0
+
+
 class DatabaseCollector:
     def collect(self):
         yield GaugeMetricFamily("hubfly_metrics_computed_timestamp_seconds",
@@ -70,9 +80,9 @@ class DatabaseCollector:
                                 value=by_status[Status.PENDING])
         yield GaugeMetricFamily("hubfly_builds_running", "Jobs claimed or building, on all workers",
                                 value=sum(by_status[s] for s in ACTIVE_STATUSES))
-        oldest = Job.objects.filter(status=Status.PENDING).aggregate(at=Min("created_at"))["at"]
-        yield GaugeMetricFamily("hubfly_oldest_pending_job_age_seconds", "Age of the oldest pending job (0 if none)",
-                                value=(timezone.now() - oldest).total_seconds() if oldest else 0.0)
+        yield GaugeMetricFamily("hubfly_oldest_pending_job_age_seconds",
+                                "How long the longest-waiting pending job has waited for a worker since it was queued "
+                                "or due for a retry (0 if none)", value=_longest_wait_seconds())
         yield _duration_histogram()
 
         # Callback deliveries: every attempt is a CallbackAttempt row.

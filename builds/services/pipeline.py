@@ -8,6 +8,7 @@ means another worker owns the job now, so this one leaves the row alone. The wor
 removed whatever happened.
 """
 
+import errno
 import json
 import logging
 import os
@@ -19,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
-from builds.services import buildkit, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process, registry
+from builds.services import (
+    buildkit, dbfaults, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process, registry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,35 @@ class BuildDirector:
         self.workspace = settings.WORKSPACE_DIR / naming.workspace_name(job.id, lease.hex)
         self.tracker = buildkit.ProgressTracker()
         self._last_progress = None
+        self._renewed_at = time.monotonic()
+        # Without a renewal for this long, stop: the reaper may take the job LEASE_SECONDS after
+        # the last renewal, and this attempt's buildctl must be gone by then.
+        self._give_up_after = max(settings.LEASE_SECONDS - 2 * settings.HEARTBEAT_SECONDS, settings.LEASE_SECONDS / 2)
 
     def _heartbeat(self) -> bool:
+        """Renew the lease. A transient database error is not the end of the attempt: the build
+        goes on and the next wake-up tries again, until the lease could have expired by now;
+        then this attempt stops before the reaper can hand the job to another one."""
         progress = self.tracker.progress()
-        changed = progress != self._last_progress
+        try:
+            with dbfaults.short_lock_wait(settings.HEARTBEAT_SECONDS):
+                renewed = lifecycle.job_heartbeat(
+                    job_id=self.job.id, lease=self.lease, progress=progress if progress != self._last_progress else None
+                )
+        except DatabaseError as exc:
+            if not dbfaults.is_transient(exc):
+                raise
+            dbfaults.recover()
+            unrenewed = time.monotonic() - self._renewed_at
+            # One missed renewal is routine under write contention; half the way to giving up is not.
+            level = logging.WARNING if unrenewed >= self._give_up_after / 2 else logging.DEBUG
+            log.log(level, "job %s: heartbeat failed (%s); lease last renewed %.1f s ago", self.job.id, exc, unrenewed)
+            if unrenewed >= self._give_up_after:
+                raise LeaseLost(f"the database was unavailable for {unrenewed:.0f} s; the lease may have expired")
+            return True
         self._last_progress = progress
-        return lifecycle.job_heartbeat(job_id=self.job.id, lease=self.lease, progress=progress if changed else None)
+        self._renewed_at = time.monotonic()
+        return renewed
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -172,6 +199,19 @@ class BuildDirector:
         attempt = job.attempts
         self.log.line(f"attempt {attempt} on worker {worker_id()}" + (f" (retry {job.retry_count})" if job.retry_count else ""))
         try:
+            return self._attempt()
+        except DatabaseError as exc:
+            if not dbfaults.is_transient(exc):
+                raise
+            # A step's own database write met a lock or a dropped connection that outlasted
+            # its wait: an infrastructure failure like any other, retried by the queue.
+            dbfaults.recover()
+            return self._failed(errors.TransientError(f"the database was unavailable: {exc}",
+                                                      code=errors.DATABASE_UNAVAILABLE))
+
+    def _attempt(self) -> Outcome:
+        job = self.job
+        try:
             elapsed = lifecycle.job_set_started(job_id=job.id, lease=self.lease)
             self.guard.deadline = time.monotonic() + self.timeout - elapsed
             if elapsed >= self.timeout:
@@ -188,7 +228,8 @@ class BuildDirector:
             self.publish_tag(repository, tag, digest)
             self.log.line("build succeeded")
             self.log.flush()
-            lifecycle.job_finish(job_id=job.id, lease=self.lease, status=Status.SUCCESS, image_digest=digest)
+            self._db(lambda: lifecycle.job_finish(job_id=job.id, lease=self.lease, status=Status.SUCCESS,
+                                                  image_digest=digest))
             return Outcome()
         except LeaseLost as exc:
             self.log.line(f"stopping: {exc}; another worker or the reaper owns this job now")
@@ -203,24 +244,21 @@ class BuildDirector:
             self._finish(Status.FAILED, "TIMEOUT", message)
             return Outcome()
         except BuildError as exc:
-            self.log.line(f"error [{exc.code}]: {exc.message}")
-            if exc.retryable and job.retry_count < settings.MAX_RETRIES:
-                delay = lifecycle.retry_delay(job.retry_count)
-                self.log.line(f"infrastructure failure; retrying in {delay:.0f} s ({job.retry_count + 1}/{settings.MAX_RETRIES})")
-                self.log.flush()
-                if lifecycle.job_retry_later(
-                    job_id=job.id, lease=self.lease, error_code=exc.code, error=exc.message, delay_seconds=delay
-                ):
-                    return Outcome(retry_in=delay)
-                if lifecycle.cancel_requested(job.id):
-                    self.log.line("not retried: the job was canceled meanwhile")
+            return self._failed(exc)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._internal_error(exc)
                 return Outcome()
-            self._finish(Status.FAILED, exc.code, exc.message)
+            # The workspace's disk filled up: this host's fault, not the repository's.
+            return self._failed(errors.TransientError(f"the workspace's disk is full: {exc}",
+                                                      code=errors.DISK_SPACE_LOW))
+        except DatabaseError as exc:
+            if dbfaults.is_transient(exc):
+                raise  # run() hands the job back; the workspace is gone by then
+            self._internal_error(exc)
             return Outcome()
         except Exception as exc:  # a bug of ours: fail the job visibly rather than loop on it
-            log.exception("job %s: unexpected error", job.id)
-            self.log.lines("internal error:\n" + traceback.format_exc(limit=8))
-            self._finish(Status.FAILED, "INTERNAL_ERROR", f"internal error: {type(exc).__name__}")
+            self._internal_error(exc)
             return Outcome()
         finally:
             try:
@@ -228,9 +266,37 @@ class BuildDirector:
             finally:
                 shutil.rmtree(self.workspace, ignore_errors=True)
 
+    def _failed(self, exc: BuildError) -> Outcome:
+        job = self.job
+        self.log.line(f"error [{exc.code}]: {exc.message}")
+        if exc.retryable and job.retry_count < settings.MAX_RETRIES:
+            delay = lifecycle.retry_delay(job.retry_count)
+            self.log.line(f"infrastructure failure; retrying in {delay:.0f} s ({job.retry_count + 1}/{settings.MAX_RETRIES})")
+            self.log.flush()
+            if self._db(lambda: lifecycle.job_retry_later(
+                job_id=job.id, lease=self.lease, error_code=exc.code, error=exc.message, delay_seconds=delay
+            )):
+                return Outcome(retry_in=delay)
+            if lifecycle.cancel_requested(job.id):
+                self.log.line("not retried: the job was canceled meanwhile")
+            return Outcome()
+        self._finish(Status.FAILED, exc.code, exc.message)
+        return Outcome()
+
+    def _internal_error(self, exc: Exception) -> None:
+        log.exception("job %s: unexpected error", self.job.id)
+        self.log.lines("internal error:\n" + traceback.format_exc(limit=8))
+        self._finish(Status.FAILED, "INTERNAL_ERROR", f"internal error: {type(exc).__name__}")
+
     def _finish(self, status: str, code: str, message: str) -> None:
         self.log.flush()
-        lifecycle.job_finish(job_id=self.job.id, lease=self.lease, status=status, error_code=code, error=message)
+        self._db(lambda: lifecycle.job_finish(job_id=self.job.id, lease=self.lease, status=status, error_code=code,
+                                              error=message))
+
+    def _db(self, call):
+        """A final write of the attempt, tried again through a transient database error: each
+        is a conditional update on the lease, so a repeat after a lost answer changes nothing."""
+        return dbfaults.retrying(call, seconds=settings.LEASE_SECONDS, what=f"job {self.job.id}")
 
 
 def run_job(job_id: str) -> Outcome:
