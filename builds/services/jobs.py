@@ -18,8 +18,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from builds.errors import BuildError
-from builds.models import Job
-from builds.services import dispatch, logs
+from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
+from builds.services import dispatch, logs, queue
 from builds.services.callbacks import iso
 
 
@@ -118,6 +118,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                     build_config=build_config,
                     secret_values=seal_secrets(secrets),
                     request_fingerprint=digest,
+                    priority=PRIORITIES[build_config.get("priority") or "normal"],
                     enqueued_at=timezone.now(),
                 )
                 logs.append_text(job.id, "job accepted; waiting for a worker")
@@ -146,7 +147,14 @@ def masked_build_config(job: Job) -> dict:
     return config
 
 
-def job_json(job: Job) -> dict:
+def job_json(job: Job, places: dict | None = None) -> dict:
+    """The job as the API shows it. `places` (queue.places()) saves computing the queue's
+    order once per pending job when presenting many."""
+    queue_place = None
+    if job.status == Status.PENDING:
+        if places is None:
+            places = queue.places()
+        queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
     return {
         "id": job.id,
         "projectId": job.project_id,
@@ -169,4 +177,6 @@ def job_json(job: Job) -> dict:
         "finishedAt": iso(job.finished_at),
         "durationSeconds": job.duration_seconds,
         "worker": job.worker or None,
+        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
+        "queue": queue_place,
     }

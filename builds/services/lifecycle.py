@@ -21,7 +21,7 @@ from django.db.models.functions import Now
 
 from builds import errors
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status
-from builds.services import callbacks, dispatch, logs
+from builds.services import callbacks, dispatch, logs, queue
 
 # Which status may follow which; the functions below are the only writers of `status`.
 TRANSITIONS = {
@@ -50,6 +50,23 @@ def job_claim(*, job_id: str, worker: str) -> uuid.UUID | None:
         attempts=F("attempts") + 1,
     )
     return lease if won == 1 else None
+
+
+def job_claim_next(*, worker: str) -> tuple[str, uuid.UUID] | None:
+    """The job the fair queue starts next (builds.services.queue), pending -> claimed with a
+    fresh lease: (job id, lease), or None when no job may start now. Picked and claimed under
+    the queue's lock, so tenant limits hold with any number of workers; the claim is still
+    conditional, since a cancel takes no lock."""
+    for _ in range(10):
+        with transaction.atomic():
+            queue.lock()
+            job_id = queue.pick()
+            if job_id is None:
+                return None
+            lease = job_claim(job_id=job_id, worker=worker)
+        if lease is not None:
+            return job_id, lease
+    return None
 
 
 def job_start_building(*, job_id: str, lease: uuid.UUID, commit_sha: str, image_tag: str) -> bool:
