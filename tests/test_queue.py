@@ -99,6 +99,24 @@ def test_queue_place_and_reason_at_every_step(tmp_path):
     assert r[13]["places"] == {"c1": [1, reason]}
 
 
+def test_supersede_cancels_older_pending_jobs_of_the_same_ref_and_with_running_the_building_one():
+    steps = [
+        job("s1", "erin", ref="main"), job("s2", "erin", ref="main"), job("o1", "erin", ref="other"),
+        job("w1", "erin", ref="main", workingDir="docs"), CLAIM,   # 0-4: s1 claimed
+        job("s3", "erin", ref="main", supersede=True),       # 5: s2 (pending) ends; s1 (claimed) goes on
+        job("s4", "erin", ref="main", supersede="running"),  # 6: s3 ends, s1 is asked to stop
+    ]
+    r = run_lab(steps)
+    assert r[5]["status"]["s2"] == ["canceled", "SUPERSEDED", "superseded by job s3"]
+    assert r[5]["status"]["s1"] == ["claimed", "", ""]
+    final = r[6]["status"]
+    assert final["s3"] == ["canceled", "SUPERSEDED", "superseded by job s4"]
+    # Claimed: its worker sees the cancel at its next heartbeat and ends it; the reason is kept.
+    assert final["s1"] == ["claimed", "SUPERSEDED", "superseded by job s4"]
+    assert final["o1"][0] == final["w1"][0] == final["s4"][0] == "pending"
+    assert set(r[6]["places"]) == {"o1", "w1", "s4"}
+
+
 # --- with a real worker (MAX_CONCURRENT_BUILDS=2) ----------------------------------------------
 
 
@@ -110,10 +128,12 @@ def quiet_queue(live_db):
     wait_for(lambda: not Job.objects.filter(status__in=ACTIVE_STATUSES).exists(), 180, "earlier builds to end")
 
 
-def submit_as(api, repo_url: str, user: str, project: str = "web", **build_config) -> str:
+def submit_as(api, repo_url: str, user: str, project: str = "web", ref: str = "", env: dict | None = None,
+              **build_config) -> str:
     job_id = f"q-{uuid.uuid4().hex[:10]}"
-    body = {"id": job_id, "projectId": project, "userId": user, "sourceInfo": {"gitRepository": repo_url},
-            "buildConfig": {"env": {"NONCE": job_id}, **build_config}}
+    source = {"gitRepository": repo_url, **({"ref": ref} if ref else {})}
+    body = {"id": job_id, "projectId": project, "userId": user, "sourceInfo": source,
+            "buildConfig": {"env": {"NONCE": job_id, **(env or {})}, **build_config}}
     response = api.post("/api/v1/jobs", body, format="json")
     assert response.status_code == 201, response.content
     return job_id
@@ -178,3 +198,39 @@ def test_a_high_priority_job_behind_twenty_normal_ones_starts_at_the_next_free_s
         assert claimed_after(before, normal + [urgent])[0] == urgent
     finally:
         cancel_all(normal + [urgent])
+
+
+@pytest.mark.e2e
+def test_supersede_running_stops_the_building_job_and_cancels_the_pending_one(api, worker, git_server, receiver,
+                                                                                quiet_queue):
+    from tests.test_recovery import buildctl_pids, wait_building
+
+    repo = git_server.repo(f"supersede-{uuid.uuid4().hex[:6]}")
+    dockerfile = {"Dockerfile": BASE + "ARG SLEEP=1\nRUN echo $NONCE; sleep $SLEEP\n"}
+    repo.commit(dockerfile)
+    repo.commit(dockerfile, branch="other")
+    first = submit_as(api, repo.url, "frank", ref="main", env={"SLEEP": "60"})
+    other = submit_as(api, repo.url, "frank", ref="other", env={"SLEEP": "8"})
+    try:
+        wait_building(first)
+        wait_for(lambda: Job.objects.get(pk=other).status != "pending", 60, "the other ref's build to start")
+        second = submit_as(api, repo.url, "frank", ref="main", env={"SLEEP": "60"}, supersede=True)
+        assert Job.objects.get(pk=first).status == "building"  # true: pending ones only
+        third = submit_as(api, repo.url, "frank", ref="main", env={"SLEEP": "1"}, supersede="running")
+        for old in (second, first):
+            job = wait_for(lambda: Job.objects.filter(pk=old, status="canceled").first(), 30, f"{old} to end")
+            assert (job.error_code, job.error) == ("SUPERSEDED", f"superseded by job {third}")
+        assert not buildctl_pids(first)
+        assert wait_final_status(third) == "success"
+        assert wait_final_status(other) == "success"
+        for old in (second, first):
+            (callback,) = wait_for(lambda: [r for r in receiver.for_job(old) if r.answered == 200], 20, "callback")
+            assert callback.json["errorCode"] == "SUPERSEDED"
+    finally:
+        cancel_all([first, other])
+
+
+def wait_final_status(job_id: str) -> str:
+    from tests.support.jobs import wait_final
+
+    return wait_final(job_id, timeout=120).status

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from builds.errors import BuildError
 from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
-from builds.services import dispatch, logs, queue
+from builds.services import dispatch, lifecycle, logs, queue
 from builds.services.callbacks import iso
 
 
@@ -122,6 +122,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                     enqueued_at=timezone.now(),
                 )
                 logs.append_text(job.id, "job accepted; waiting for a worker")
+                supersede_older(job)
                 dispatch.publish_on_commit(job.id)
             return job, True
         except IntegrityError:  # a concurrent request with the same id won
@@ -129,6 +130,28 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
     if existing.request_fingerprint != digest or not _same_secrets(existing, secrets):
         raise JobConflict()
     return existing, False
+
+
+def supersede_older(job: Job) -> list[str]:
+    """buildConfig.supersede (or SUPERSEDE_DEFAULT): cancel the older jobs of the same projectId
+    + ref + workingDir that are pending, and with "running" the one building too. Returns
+    their ids."""
+    mode = (job.build_config or {}).get("supersede", settings.SUPERSEDE_DEFAULT)
+    if mode in (False, "false"):
+        return []
+    running = mode == "running"
+    statuses = (Status.PENDING, Status.CLAIMED, Status.BUILDING) if running else (Status.PENDING,)
+    key = [(job.source_info or {}).get(name) or "" for name in ("ref", "workingDir")]
+    older = Job.objects.filter(project_id=job.project_id, status__in=statuses, created_at__lte=job.created_at)
+    superseded = []
+    for other_id, source_info in older.exclude(pk=job.pk).values_list("pk", "source_info"):
+        if [(source_info or {}).get(name) or "" for name in ("ref", "workingDir")] != key:
+            continue
+        if lifecycle.job_supersede(job_id=other_id, by=job.id, running=running):
+            superseded.append(other_id)
+    if superseded:
+        logs.append_text(job.id, f"superseded older job(s) {', '.join(superseded)}")
+    return superseded
 
 
 def masked_source_info(job: Job) -> dict:

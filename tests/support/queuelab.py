@@ -57,7 +57,8 @@ def step(spec: dict, leases: dict) -> dict:
         TenantLimit.objects.update_or_create(kind=kind, name=name, defaults={"max_builds": value})
     places = queue.places()
     result["places"] = {job_id: [p["position"], p["reason"]] for job_id, p in places.items()}
-    result["status"] = dict(Job.objects.values_list("pk", "status"))
+    result["status"] = {pk: [status, code, error] for pk, status, code, error in
+                        Job.objects.values_list("pk", "status", "error_code", "error")}
     return result
 
 
