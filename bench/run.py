@@ -29,8 +29,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 # Run in this order; api is last because it leaves the instance's worker stopped.
-BENCHES = ("git", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants", "api")
-DEFAULT = ("git", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api")
+BENCHES = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants",
+           "api")
+DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,10 +76,10 @@ def base_images_wanted(args) -> bool:
     return any(layers.glob("debian-*.json")) and any(layers.glob("dockerfile-frontend-*.json"))
 
 
-MODULES = {"git": "gitfetch", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
+MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
            "rebuild": "rebuild",
            "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload"}
-NO_INSTANCE = ("git", "webvariants")  # these start what they measure themselves
+NO_INSTANCE = ("git", "fairqueue", "webvariants")  # these start what they measure themselves
 INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
 
 
