@@ -121,7 +121,7 @@ class JobAdmin(admin.ModelAdmin):
     def queue_place(self, job):
         if job.status != "pending":
             return "-"
-        place = queue.places().get(job.id)
+        place = queue.places(job.id).get(job.id)
         if not place:
             return "cancel requested"
         return f"position {place['position']} ({place['ahead']} ahead): {place['reason']}"

@@ -97,6 +97,7 @@ def test_queue_place_and_reason_at_every_step(tmp_path):
     assert position == 2 and reason.startswith("waiting for retry at ")
     assert r[13]["claimed"] == "c0"
     assert r[13]["places"] == {"c1": [1, reason]}
+    assert all(step["each_alone_same"] for step in r)
 
 
 def test_supersede_cancels_older_pending_jobs_of_the_same_ref_and_with_running_the_building_one():

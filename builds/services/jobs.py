@@ -176,7 +176,7 @@ def job_json(job: Job, places: dict | None = None) -> dict:
     queue_place = None
     if job.status == Status.PENDING:
         if places is None:
-            places = queue.places()
+            places = queue.places(job.id)
         queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
     return {
         "id": job.id,

@@ -231,8 +231,9 @@ def kick(at_most: int = 1) -> int:
 # --- where a pending job stands ------------------------------------------------------------
 
 
-def places() -> dict[str, dict]:
-    """{job id: {position, ahead, reason}} for every waiting job.
+def places(job_id: str | None = None) -> dict[str, dict]:
+    """{job id: {position, ahead, reason}} for every waiting job (with `job_id`: for that one
+    alone, which saves placing the jobs behind it).
 
     Positions follow the rule as if the jobs started one after the other from now on: jobs
     that may start now first, in the rule's order; then, as if the running builds had ended,
@@ -249,21 +250,23 @@ def places() -> dict[str, dict]:
     reasons = {}
     queues: dict[tuple[str, str], deque] = defaultdict(deque)
     groups: dict[tuple[str, str], float] = {}
-    for job_id, user_id, project_id, due, created_at in rows:
-        if job_id in later_ids:
-            reasons[job_id] = f"waiting for retry at {due.isoformat().replace('+00:00', 'Z')}"
+    for pk, user_id, project_id, due, created_at in rows:
+        if pk in later_ids:
+            reasons[pk] = f"waiting for retry at {due.isoformat().replace('+00:00', 'Z')}"
         else:
-            reasons[job_id] = state.blocked(user_id, project_id) or SLOTS_BUSY
+            reasons[pk] = state.blocked(user_id, project_id) or SLOTS_BUSY
             key = (user_id, project_id)
-            queues[key].append(job_id)
+            queues[key].append(pk)
             # Only breaks ties between tenants never served, which have lost no job yet.
             groups[key] = min(created_at.timestamp(), groups.get(key, math.inf))
-    order = _simulate(state, queues, groups)
+    order = _simulate(state, queues, groups, stop_at=job_id)
     order += [r[0] for r in later]
-    return {job_id: {"position": i + 1, "ahead": i, "reason": reasons[job_id]} for i, job_id in enumerate(order)}
+    placed = {j: {"position": i + 1, "ahead": i, "reason": reasons[j]} for i, j in enumerate(order)}
+    return placed if job_id is None else {job_id: placed[job_id]} if job_id in placed else {}
 
 
-def _simulate(state: Tenants, queues: dict[tuple[str, str], deque], groups: dict[tuple[str, str], float]) -> list[str]:
+def _simulate(state: Tenants, queues: dict[tuple[str, str], deque], groups: dict[tuple[str, str], float],
+              stop_at: str | None = None) -> list[str]:
     """The order in which repeated `Tenants.choose` would start the queued jobs, in
     O(jobs x log users) rather than O(jobs x groups): users in a heap (entries whose key went
     stale are pushed again), a user's projects scanned when the user is chosen. Within a wave
@@ -301,6 +304,8 @@ def _simulate(state: Tenants, queues: dict[tuple[str, str], deque], groups: dict
         project = min(open_projects, key=lambda p: (state.project_active[p], state.project_served.get(p, _NEVER),
                                                    groups[(user, p)], p))
         order.append(queues[(user, project)].popleft())
+        if order[-1] == stop_at:
+            break
         if not queues[(user, project)]:
             projects_of[user].remove(project)
         tick += 1

@@ -57,6 +57,8 @@ def step(spec: dict, leases: dict) -> dict:
         TenantLimit.objects.update_or_create(kind=kind, name=name, defaults={"max_builds": value})
     places = queue.places()
     result["places"] = {job_id: [p["position"], p["reason"]] for job_id, p in places.items()}
+    # One job's place (what its JSON shows) is its place among all.
+    result["each_alone_same"] = all(queue.places(job_id) == {job_id: place} for job_id, place in places.items())
     result["status"] = {pk: [status, code, error] for pk, status, code, error in
                         Job.objects.values_list("pk", "status", "error_code", "error")}
     return result
