@@ -70,7 +70,8 @@ class Job(models.Model):
             models.Index(fields=["status", "enqueued_at"]),
             # The fair pick (builds.services.queue): a tenant's waiting jobs in order, and when a
             # tenant was last served.
-            models.Index(fields=["status", "user_id", "project_id", "priority", "created_at"], name="job_queue_order"),
+            models.Index(fields=["status", "user_id", "project_id", "-priority", "created_at", "enqueued_at",
+                                 "cancel_requested_at"], name="job_queue_order"),
             models.Index(fields=["user_id", "claimed_at"], name="job_user_served"),
             models.Index(fields=["project_id", "claimed_at"], name="job_project_served"),
         ]

@@ -29,7 +29,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='job',
-            index=models.Index(fields=['status', 'user_id', 'project_id', 'priority', 'created_at'], name='job_queue_order'),
+            index=models.Index(fields=['status', 'user_id', 'project_id', '-priority', 'created_at', 'enqueued_at', 'cancel_requested_at'], name='job_queue_order'),
         ),
         migrations.AddIndex(
             model_name='job',
