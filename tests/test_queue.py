@@ -235,3 +235,13 @@ def wait_final_status(job_id: str) -> str:
     from tests.support.jobs import wait_final
 
     return wait_final(job_id, timeout=120).status
+
+
+def test_metrics_have_the_queue_wait_histogram_per_priority(live_db):
+    from builds.services import metrics
+
+    body, _ = metrics.render()
+    text = body.decode()
+    for priority in ("high", "normal", "low"):
+        assert f'hubfly_queue_wait_seconds_bucket{{le="+Inf",priority="{priority}"}}' in text
+        assert f'hubfly_queue_wait_seconds_count{{priority="{priority}"}}' in text
