@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
@@ -251,7 +252,10 @@ def run_next(hint: str = "") -> Outcome:
         with job_context(job_id):
             return attempt(job_id, lease)
     finally:
-        queue.kick()  # this slot is free again: a job its tenant held back may start now
+        try:
+            queue.kick()  # this slot is free again: a job its tenant held back may start now
+        except DatabaseError:  # the reaper kicks too
+            log.exception("could not look for a job held back by its tenant's limit")
 
 
 def attempt(job_id: str, lease: uuid.UUID) -> Outcome:
