@@ -245,3 +245,30 @@ def test_metrics_have_the_queue_wait_histogram_per_priority(live_db):
     for priority in ("high", "normal", "low"):
         assert f'hubfly_queue_wait_seconds_bucket{{le="+Inf",priority="{priority}"}}' in text
         assert f'hubfly_queue_wait_seconds_count{{priority="{priority}"}}' in text
+
+
+@pytest.mark.e2e
+def test_a_job_over_its_users_limit_waits_without_a_slot_and_starts_when_room_opens(
+        api, worker, git_server, quiet_queue):
+    from builds.models import TenantLimit
+
+    repo = git_server.repo(f"limit-{uuid.uuid4().hex[:6]}")
+    repo.commit({"Dockerfile": BASE + "RUN echo $NONCE; sleep 2\n"})
+    TenantLimit.objects.update_or_create(kind="user", name="gina", defaults={"max_builds": 1})
+    statuses = []
+    try:
+        first, second = submit_as(api, repo.url, "gina"), submit_as(api, repo.url, "gina")
+        other = submit_as(api, repo.url, "hank")
+        wait_for(lambda: Job.objects.get(pk=first).status in ACTIVE_STATUSES, 60, "gina's first build to start")
+        body = api.get(f"/api/v1/jobs/{second}").json()
+        assert body["status"] == "pending" and body["queue"]["reason"] == "user limit 1 reached", body
+        # The second slot goes to another user meanwhile.
+        wait_for(lambda: Job.objects.get(pk=other).status != "pending", 60, "hank's build to start")
+        assert Job.objects.get(pk=second).status == "pending"
+        for job_id in (first, second, other):
+            statuses.append(wait_final_status(job_id))
+        assert statuses == ["success"] * 3
+        a, b = Job.objects.get(pk=first), Job.objects.get(pk=second)
+        assert b.claimed_at >= a.finished_at
+    finally:
+        TenantLimit.objects.filter(kind="user", name="gina").delete()

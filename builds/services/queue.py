@@ -204,13 +204,18 @@ def lock() -> None:
 
 def message_unused() -> None:
     """A slot found nothing to start: its message is gone, and the job it stood for (if it
-    still waits) is owed one."""
-    if not ServiceCounter.objects.filter(pk=OWED_COUNTER).update(value=F("value") + 1):
+    still waits) is owed one. Never more owed than jobs wait: a duplicate message (a reaper's
+    re-send) of a job that started meanwhile is owed to no one."""
+    held = waiting().count()
+    if not held:
+        return
+    if not ServiceCounter.objects.filter(pk=OWED_COUNTER).exists():
         try:
             with transaction.atomic():
-                ServiceCounter.objects.create(name=OWED_COUNTER, value=1)
+                ServiceCounter.objects.create(name=OWED_COUNTER, value=0)
         except IntegrityError:  # created meanwhile by another slot
-            ServiceCounter.objects.filter(pk=OWED_COUNTER).update(value=F("value") + 1)
+            pass
+    ServiceCounter.objects.filter(pk=OWED_COUNTER, value__lt=held).update(value=F("value") + 1)
 
 
 def kick(at_most: int = 1) -> int:
