@@ -1,4 +1,4 @@
-"""The job table is the source of truth; the broker message only says "look at job X"."""
+"""The job table is the source of truth; the broker message only says "there is work"."""
 
 import uuid
 
