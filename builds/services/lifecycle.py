@@ -149,7 +149,8 @@ def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error
     # A job canceled because a newer one superseded it says so, whoever ends it.
     superseded = _CANCEL_REQUESTED & Q(error_code=errors.SUPERSEDED)
     for name in ("error_code", "error"):
-        fields[name] = Case(When(superseded, then=F(name)), default=fields[name], output_field=Job._meta.get_field(name))
+        fields[name] = Case(When(superseded, then=F(name)), default=fields[name],
+                            output_field=Job._meta.get_field(name))
     with transaction.atomic():
         if query.update(**fields) != 1:
             return False

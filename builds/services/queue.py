@@ -137,7 +137,8 @@ class Tenants:
         oldest_of_user: dict[str, float] = {}
         for (user, _), oldest in open_groups.items():
             oldest_of_user[user] = min(oldest, oldest_of_user.get(user, math.inf))
-        user = min(oldest_of_user, key=lambda u: (self.user_active[u], self.user_served.get(u, _NEVER), oldest_of_user[u], u))
+        user = min(oldest_of_user,
+                   key=lambda u: (self.user_active[u], self.user_served.get(u, _NEVER), oldest_of_user[u], u))
         _, project = min(
             (key for key in open_groups if key[0] == user),
             key=lambda k: (self.project_active[k[1]], self.project_served.get(k[1], _NEVER), open_groups[k], k[1]),
@@ -152,7 +153,9 @@ class Tenants:
 
 def tenants(users: set[str], projects: set[str]) -> Tenants:
     active = Job.objects.filter(status__in=ACTIVE_STATUSES)
-    user_active = Counter(dict(active.filter(user_id__in=users).values_list("user_id").annotate(n=Count("pk")).order_by()))
+    user_active = Counter(
+        dict(active.filter(user_id__in=users).values_list("user_id").annotate(n=Count("pk")).order_by())
+    )
     project_active = Counter(
         dict(active.filter(project_id__in=projects).values_list("project_id").annotate(n=Count("pk")).order_by())
     )
