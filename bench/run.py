@@ -30,9 +30,9 @@ if str(REPO_ROOT) not in sys.path:
 
 # Run in this order; api leaves the instance's worker stopped, and faults (which restarts the
 # instance with short leases) comes after it so no other figure runs on those settings.
-BENCHES = ("git", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants", "api",
-           "faults")
-DEFAULT = ("git", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api", "faults")
+BENCHES = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants",
+           "api", "faults")
+DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api", "faults")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,11 +77,11 @@ def base_images_wanted(args) -> bool:
     return any(layers.glob("debian-*.json")) and any(layers.glob("dockerfile-frontend-*.json"))
 
 
-MODULES = {"git": "gitfetch", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
+MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
            "rebuild": "rebuild",
            "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload",
            "faults": "faults"}
-NO_INSTANCE = ("git", "webvariants")  # these start what they measure themselves
+NO_INSTANCE = ("git", "fairqueue", "webvariants")  # these start what they measure themselves
 INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
 
 

@@ -21,8 +21,8 @@ from rest_framework.exceptions import ValidationError
 from builds.api.errors import ApiError, first_message
 from builds.api.serializers import JobCreateInput
 from builds.api.views import check_generation_settings
-from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job
-from builds.services import follow, jobs, lifecycle, logs, rebuild
+from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, TenantLimit
+from builds.services import follow, jobs, lifecycle, logs, queue, rebuild
 
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -69,14 +69,16 @@ def _pretty(value) -> str:
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "status", "project_id", "user_id", "runtime", "duration", "retry_count", "created_at")
-    list_filter = ("status", RuntimeFilter, ErrorCodeFilter, "created_at")
+    list_display = ("id", "status", "project_id", "user_id", "priority", "runtime", "duration", "retry_count",
+                    "created_at")
+    list_filter = ("status", "priority", RuntimeFilter, ErrorCodeFilter, "created_at")
     search_fields = ("id", "project_id", "user_id", "commit_sha", "image_tag", "image_digest", "worker")
     date_hierarchy = "created_at"
     list_per_page = 50
     actions = ["cancel_jobs", "rebuild_jobs"]
     fieldsets = (
-        (None, {"fields": ("id", "status", "progress_text", "project_id", "user_id", "worker", "attempts", "retry_count")}),
+        (None, {"fields": ("id", "status", "queue_place", "progress_text", "project_id", "user_id", "priority", "worker",
+                           "attempts", "retry_count")}),
         ("Result", {"fields": ("commit_sha", "image_tag", "image_digest", "error_code", "error")}),
         ("Source and settings (secrets masked)", {"fields": ("source", "settings")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at",
@@ -84,7 +86,8 @@ class JobAdmin(admin.ModelAdmin):
         ("Callback deliveries", {"fields": ("callback_deliveries",)}),
     )
     readonly_fields = (
-        "id", "status", "progress_text", "project_id", "user_id", "worker", "attempts", "retry_count", "commit_sha",
+        "id", "status", "queue_place", "progress_text", "project_id", "user_id", "priority", "worker", "attempts",
+        "retry_count", "commit_sha",
         "image_tag", "image_digest", "error_code", "error", "source", "settings", "created_at", "started_at",
         "finished_at", "duration", "heartbeat_at", "cancel_requested_at", "callback_deliveries",
     )
@@ -113,6 +116,15 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="duration (s)")
     def duration(self, job):
         return "-" if job.duration_seconds is None else job.duration_seconds
+
+    @admin.display(description="queue")
+    def queue_place(self, job):
+        if job.status != "pending":
+            return "-"
+        place = queue.places(job.id).get(job.id)
+        if not place:
+            return "cancel requested"
+        return f"position {place['position']} ({place['ahead']} ahead): {place['reason']}"
 
     @admin.display(description="progress")
     def progress_text(self, job):
@@ -295,3 +307,28 @@ class CallbackEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(TenantLimit)
+class TenantLimitAdmin(admin.ModelAdmin):
+    """Builds at once per user or project; wins over configs/limits.json and the defaults."""
+
+    list_display = ("kind", "name", "max_builds")
+    list_filter = ("kind",)
+    search_fields = ("name",)
+
+    def _changed(self):
+        # Room may have opened for jobs held back by the old limit.
+        queue.kick(at_most=10)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        self._changed()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        self._changed()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        self._changed()

@@ -54,6 +54,7 @@ WORKING_DIR_INVALID = "WORKING_DIR_INVALID"      # workingDir/buildContextDir mi
 DOCKERFILE_NOT_FOUND = "DOCKERFILE_NOT_FOUND"    # no Dockerfile and nothing to generate
 DOCKERFILE_INVALID = "DOCKERFILE_INVALID"        # Dockerfile unreadable, symlink out, too big, parse error
 FRONTEND_NOT_ALLOWED = "FRONTEND_NOT_ALLOWED"    # a `# syntax=` line names an image not in BUILD_FRONTEND_ALLOW
+SUPERSEDED = "SUPERSEDED"                        # canceled: a newer job of its projectId + ref + workingDir
 EGRESS_REFUSED = "EGRESS_REFUSED"                # ADD <url> or an image from a host builds may not reach
 UNSUPPORTED_RUNTIME = "UNSUPPORTED_RUNTIME"      # runtime/version not in runtimes.json
 NOTHING_TO_BUILD = "NOTHING_TO_BUILD"            # detection found nothing buildable

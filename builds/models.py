@@ -1,4 +1,4 @@
-"""The job table is the source of truth; the broker message only says "look at job X"."""
+"""The job table is the source of truth; the broker message only says "there is work"."""
 
 import uuid
 
@@ -16,6 +16,10 @@ class Status(models.TextChoices):
 
 FINAL_STATUSES = (Status.SUCCESS, Status.FAILED, Status.CANCELED)
 ACTIVE_STATUSES = (Status.CLAIMED, Status.BUILDING)
+
+# buildConfig.priority, stored as a rank so "higher first" is an ORDER BY.
+PRIORITIES = {"low": 0, "normal": 1, "high": 2}
+PRIORITY_NAMES = {rank: name for name, rank in PRIORITIES.items()}
 
 
 class Job(models.Model):
@@ -39,6 +43,8 @@ class Job(models.Model):
     worker = models.CharField(max_length=255, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     retry_count = models.PositiveIntegerField(default=0)
+    # A database default, so code that predates the column still inserts rows (rank "normal").
+    priority = models.SmallIntegerField(db_default=PRIORITIES["normal"], choices=[(r, n) for n, r in PRIORITIES.items()])
 
     image_tag = models.CharField(max_length=512, blank=True, default="")
     image_digest = models.CharField(max_length=100, blank=True, default="")
@@ -60,7 +66,16 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "heartbeat_at"]), models.Index(fields=["status", "enqueued_at"])]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"]),
+            models.Index(fields=["status", "enqueued_at"]),
+            # The fair pick (builds.services.queue): a tenant's waiting jobs in order, and when a
+            # tenant was last served.
+            models.Index(fields=["status", "user_id", "project_id", "-priority", "created_at", "enqueued_at",
+                                 "cancel_requested_at"], name="job_queue_order"),
+            models.Index(fields=["user_id", "claimed_at"], name="job_user_served"),
+            models.Index(fields=["project_id", "claimed_at"], name="job_project_served"),
+        ]
 
     def __str__(self):
         return f"{self.id} ({self.status})"
@@ -131,6 +146,26 @@ class CallbackAttempt(models.Model):
 
     class Meta:
         ordering = ["at"]
+
+
+class TenantLimit(models.Model):
+    """How many builds one user or project may run at once, set in the admin; wins over
+    configs/limits.json and MAX_BUILDS_PER_USER / MAX_BUILDS_PER_PROJECT."""
+
+    class Kind(models.TextChoices):
+        USER = "user"
+        PROJECT = "project"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=128, help_text="the userId or projectId")
+    max_builds = models.PositiveIntegerField(help_text="builds at once; 0 means no limit")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "name"], name="tenantlimit_kind_name_unique")]
+        ordering = ["kind", "name"]
+
+    def __str__(self):
+        return f"{self.kind} {self.name}: {self.max_builds or 'no limit'}"
 
 
 class ServiceCounter(models.Model):

@@ -3,13 +3,12 @@
 from celery import shared_task
 
 from builds.services import callbacks, housekeeping, pipeline, reaper
-from hubfly.logformat import job_context
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def run_job(self, job_id: str) -> None:
-    with job_context(job_id):
-        outcome = pipeline.run_job(job_id)
+    # The message says "there is work": the fair queue decides which job this slot starts.
+    outcome = pipeline.run_next(hint=job_id)
     if outcome.retry_in is not None:
         # The job row is already back to pending with its retry counted; this message is its
         # next attempt. Should it be lost, the reaper re-sends it.

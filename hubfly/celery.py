@@ -1,4 +1,4 @@
-"""The Celery app. The broker message only says "look at job X"; the Job row decides."""
+"""The Celery app. The broker message only says "there is work"; the job table decides."""
 
 import os
 

@@ -229,6 +229,16 @@ CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 1800.0,
 CALLBACK_FLUSH_SECONDS = env_float("CALLBACK_FLUSH_SECONDS", 10.0, minimum=0.1)
 MAX_CONCURRENT_BUILDS = env_int("MAX_CONCURRENT_BUILDS", 3, minimum=1, maximum=64)
 MAX_RETRIES = env_int("MAX_RETRIES", 3, minimum=0, maximum=20)
+# Builds one user / one project may run at once across all workers (0: no limit); overrides per
+# user or project in LIMITS_FILE and in the admin (builds.services.queue).
+MAX_BUILDS_PER_USER = env_int("MAX_BUILDS_PER_USER", 0, minimum=0)
+MAX_BUILDS_PER_PROJECT = env_int("MAX_BUILDS_PER_PROJECT", 0, minimum=0)
+LIMITS_FILE = Path(env_str("LIMITS_FILE", str(BASE_DIR / "configs/limits.json")))
+# What a job does to older jobs of its projectId + ref + workingDir when its buildConfig says
+# nothing: "false", "true" (cancel the pending ones) or "running" (also the one building).
+SUPERSEDE_DEFAULT = env_str("SUPERSEDE_DEFAULT", "false").lower()
+if SUPERSEDE_DEFAULT not in ("false", "true", "running"):
+    raise ConfigError(f"SUPERSEDE_DEFAULT must be false, true or running; got {SUPERSEDE_DEFAULT!r}")
 RETRY_BACKOFF_SECONDS = env_float("RETRY_BACKOFF_SECONDS", 10.0, minimum=0.0)
 RETRY_BACKOFF_MAX_SECONDS = env_float("RETRY_BACKOFF_MAX_SECONDS", 600.0, minimum=0.0)
 DEFAULT_TIMEOUT_SECONDS = env_int("DEFAULT_TIMEOUT_SECONDS", 900, minimum=1)

@@ -10,7 +10,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
-from builds.models import Status
+from builds.models import PRIORITIES, Status
 
 SECURITY_SCHEME = "bearerAuth"
 
@@ -74,6 +74,18 @@ class BuildConfigOutput(serializers.Serializer):
     buildContextDir = serializers.CharField(required=False)
     network = serializers.ChoiceField(choices=["bridge", "none"], required=False,
                                       help_text="none: RUN steps get no network and ADD <url> is refused")
+    priority = serializers.ChoiceField(choices=list(PRIORITIES), required=False,
+                                       help_text="the order of a tenant's waiting jobs (default normal)")
+    supersede = serializers.JSONField(required=False, help_text='true or "running": cancels older jobs of the '
+                                      "same projectId + ref + workingDir (pending, or also the running one)")
+
+
+@extend_schema_serializer(component_name="QueuePlace")
+class QueuePlaceOutput(serializers.Serializer):
+    position = serializers.IntegerField(allow_null=True, help_text="1: the next job to start (an estimate)")
+    ahead = serializers.IntegerField(allow_null=True, help_text="pending jobs that start before this one")
+    reason = serializers.CharField(help_text='why it waits: "slots busy", "user limit 2 reached", '
+                                   '"project limit 1 reached", "waiting for retry at <time>"')
 
 
 @extend_schema_serializer(component_name="Job")
@@ -103,6 +115,8 @@ class JobOutput(serializers.Serializer):
     finishedAt = serializers.DateTimeField(allow_null=True)
     durationSeconds = serializers.FloatField(allow_null=True)
     worker = serializers.CharField(allow_null=True, help_text="the worker process that took the job")
+    priority = serializers.ChoiceField(choices=list(PRIORITIES), help_text="buildConfig.priority, normal by default")
+    queue = QueuePlaceOutput(allow_null=True, help_text="where a pending job stands (null once it started)")
 
 
 @extend_schema_serializer(component_name="JobList")

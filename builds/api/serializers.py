@@ -8,6 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from builds.models import PRIORITIES
 from builds.services import gitsource
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -172,6 +173,22 @@ class BuildConfigInput(serializers.Serializer):
     # "none": RUN steps get no network at all and ADD <url> is refused (a hermetic build).
     network = StrictString(required=False, allow_blank=True, max_length=16)
 
+    # The fair queue's order within a tenant (builds.services.queue).
+    priority = StrictString(required=False, allow_blank=True, max_length=16)
+    # true: this job cancels the older pending jobs of its projectId + ref + workingDir;
+    # "running": the one building too. Absent: SUPERSEDE_DEFAULT.
+    supersede = serializers.JSONField(required=False)
+
+    def validate_priority(self, value):
+        if value not in ("", *PRIORITIES):
+            raise serializers.ValidationError(f"must be one of {', '.join(PRIORITIES)}")
+        return value
+
+    def validate_supersede(self, value):
+        if not isinstance(value, bool) and value != "running":
+            raise serializers.ValidationError('must be true, false or "running"')
+        return value
+
     def validate_network(self, value):
         if value not in ("", "bridge", "none"):
             raise serializers.ValidationError("must be 'bridge' (the default) or 'none'")
@@ -221,7 +238,7 @@ class BuildConfigInput(serializers.Serializer):
         if install:
             attrs["prebuildCommand"] = attrs["installCommand"] = install
         # Drop empty optional values so the stored config says only what the client asked.
-        return {k: v for k, v in attrs.items() if v not in ("", None, [], {}) or k == "isAutoBuild"}
+        return {k: v for k, v in attrs.items() if v not in ("", None, [], {}) or k in ("isAutoBuild", "supersede")}
 
 
 class JobCreateInput(serializers.Serializer):

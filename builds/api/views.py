@@ -11,8 +11,8 @@ from builds.api.schema import ErrorOutput, JobListOutput, JobOutput, ValidationE
 from builds.api.serializers import JobCreateInput
 from builds.dockerfile import check_build_config
 from builds.errors import UserError
-from builds.models import ACTIVE_STATUSES, Job, Status
-from builds.services import health, jobs, lifecycle, metrics
+from builds.models import ACTIVE_STATUSES, PRIORITIES, Job, Status
+from builds.services import health, jobs, lifecycle, metrics, queue
 
 MAX_PAGE = 200
 
@@ -78,6 +78,7 @@ class JobListCreate(APIView):
             OpenApiParameter("projectId", str, description="only this project's jobs"),
             OpenApiParameter("userId", str, description="only this user's jobs"),
             OpenApiParameter("status", str, enum=Status.values, description="only jobs in this status"),
+            OpenApiParameter("priority", str, enum=list(PRIORITIES), description="only jobs of this priority"),
             OpenApiParameter("limit", int, description=f"page size, 1-{MAX_PAGE} (default 50)"),
             OpenApiParameter("offset", int, description="how many jobs to skip"),
         ],
@@ -94,10 +95,16 @@ class JobListCreate(APIView):
             if value not in Status.values:
                 raise ApiError(400, "VALIDATION_ERROR", f"status must be one of {', '.join(Status.values)}")
             query = query.filter(status=value)
+        if value := request.query_params.get("priority"):
+            if value not in PRIORITIES:
+                raise ApiError(400, "VALIDATION_ERROR", f"priority must be one of {', '.join(PRIORITIES)}")
+            query = query.filter(priority=PRIORITIES[value])
         limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0)
         count = query.count()
-        results = [jobs.job_json(job) for job in query[offset : offset + limit]]
+        page = list(query[offset : offset + limit])
+        places = queue.places() if any(job.status == Status.PENDING for job in page) else {}
+        results = [jobs.job_json(job, places) for job in page]
         return Response({"count": count, "limit": limit, "offset": offset, "results": results})
 
 

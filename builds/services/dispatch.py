@@ -1,5 +1,7 @@
-"""Publishing "look at job X" messages. A lost publish is harmless: the reaper re-sends
-messages for pending jobs that no worker took in time, and the claim makes duplicates no-ops."""
+"""Publishing "there is work" messages (each names a job, which is only a hint: the slot that
+gets it starts the job the fair queue picks, builds.services.queue). A lost publish is
+harmless: the reaper re-sends messages for pending jobs that no worker took in time, and a
+message that finds nothing to start is owed back to the queue."""
 
 import logging
 

@@ -18,8 +18,8 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from builds.errors import BuildError
-from builds.models import Job
-from builds.services import dispatch, logs
+from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
+from builds.services import dispatch, lifecycle, logs, queue
 from builds.services.callbacks import iso
 
 
@@ -121,9 +121,11 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                     build_config=build_config,
                     secret_values=seal_secrets(secrets),
                     request_fingerprint=digest,
+                    priority=PRIORITIES[build_config.get("priority") or "normal"],
                     enqueued_at=Now(),  # the database's clock, as the reaper compares it
                 )
                 logs.append_text(job.id, "job accepted; waiting for a worker")
+                supersede_older(job)
                 dispatch.publish_on_commit(job.id)
             return job, True
         except IntegrityError:  # a concurrent request with the same id won
@@ -156,6 +158,28 @@ def jobs_seal_plain_secrets() -> int:
     return sealed
 
 
+def supersede_older(job: Job) -> list[str]:
+    """buildConfig.supersede (or SUPERSEDE_DEFAULT): cancel the older jobs of the same projectId
+    + ref + workingDir that are pending, and with "running" the one building too. Returns
+    their ids."""
+    mode = (job.build_config or {}).get("supersede", settings.SUPERSEDE_DEFAULT)
+    if mode in (False, "false"):
+        return []
+    running = mode == "running"
+    statuses = (Status.PENDING, Status.CLAIMED, Status.BUILDING) if running else (Status.PENDING,)
+    key = [(job.source_info or {}).get(name) or "" for name in ("ref", "workingDir")]
+    older = Job.objects.filter(project_id=job.project_id, status__in=statuses, created_at__lte=job.created_at)
+    superseded = []
+    for other_id, source_info in older.exclude(pk=job.pk).values_list("pk", "source_info"):
+        if [(source_info or {}).get(name) or "" for name in ("ref", "workingDir")] != key:
+            continue
+        if lifecycle.job_supersede(job_id=other_id, by=job.id, running=running):
+            superseded.append(other_id)
+    if superseded:
+        logs.append_text(job.id, f"superseded older job(s) {', '.join(superseded)}")
+    return superseded
+
+
 def masked_source_info(job: Job) -> dict:
     info = dict(job.source_info or {})
     if "gitRepository" in info:
@@ -172,7 +196,14 @@ def masked_build_config(job: Job) -> dict:
     return config
 
 
-def job_json(job: Job) -> dict:
+def job_json(job: Job, places: dict | None = None) -> dict:
+    """The job as the API shows it. `places` (queue.places()) saves computing the queue's
+    order once per pending job when presenting many."""
+    queue_place = None
+    if job.status == Status.PENDING:
+        if places is None:
+            places = queue.places(job.id)
+        queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
     return {
         "id": job.id,
         "projectId": job.project_id,
@@ -195,4 +226,6 @@ def job_json(job: Job) -> dict:
         "finishedAt": iso(job.finished_at),
         "durationSeconds": job.duration_seconds,
         "worker": job.worker or None,
+        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
+        "queue": queue_place,
     }

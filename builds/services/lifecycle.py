@@ -21,7 +21,7 @@ from django.db.models.functions import Now
 
 from builds import errors
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status
-from builds.services import callbacks, dispatch, logs
+from builds.services import callbacks, dispatch, logs, queue
 
 # Which status may follow which; the functions below are the only writers of `status`.
 TRANSITIONS = {
@@ -50,6 +50,23 @@ def job_claim(*, job_id: str, worker: str) -> uuid.UUID | None:
         attempts=F("attempts") + 1,
     )
     return lease if won == 1 else None
+
+
+def job_claim_next(*, worker: str) -> tuple[str, uuid.UUID] | None:
+    """The job the fair queue starts next (builds.services.queue), pending -> claimed with a
+    fresh lease: (job id, lease), or None when no job may start now. Picked and claimed under
+    the queue's lock, so tenant limits hold with any number of workers; the claim is still
+    conditional, since a cancel takes no lock."""
+    for _ in range(10):
+        with transaction.atomic():
+            queue.lock()
+            job_id = queue.pick()
+            if job_id is None:
+                return None
+            lease = job_claim(job_id=job_id, worker=worker)
+        if lease is not None:
+            return job_id, lease
+    return None
 
 
 def job_start_building(*, job_id: str, lease: uuid.UUID, commit_sha: str, image_tag: str) -> bool:
@@ -129,6 +146,11 @@ def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error
         for name in list(fields):
             if name in overrides:
                 fields[name] = Case(When(_CANCEL_REQUESTED, then=Value(overrides[name])), default=fields[name])
+    # A job canceled because a newer one superseded it says so, whoever ends it.
+    superseded = _CANCEL_REQUESTED & Q(error_code=errors.SUPERSEDED)
+    for name in ("error_code", "error"):
+        fields[name] = Case(When(superseded, then=F(name)), default=fields[name],
+                            output_field=Job._meta.get_field(name))
     with transaction.atomic():
         if query.update(**fields) != 1:
             return False
@@ -177,6 +199,24 @@ def job_take_back(*, job_id: str, lease: uuid.UUID | None, reason: str, worker_g
 def retry_delay(retry_count: int) -> float:
     """Exponential backoff for the next attempt after `retry_count` earlier retries."""
     return min(settings.RETRY_BACKOFF_MAX_SECONDS, settings.RETRY_BACKOFF_SECONDS * (2**retry_count))
+
+
+def job_supersede(*, job_id: str, by: str, running: bool) -> bool:
+    """Cancel an older job that the newer job `by` made pointless: pending at once, and with
+    `running` a claimed or building one too (its worker stops it within a heartbeat); either
+    ends `canceled` with errorCode SUPERSEDED and the newer job's id in `error`."""
+    message = f"superseded by job {by}"
+    statuses = (Status.PENDING, *ACTIVE_STATUSES) if running else (Status.PENDING,)
+    if not Job.objects.filter(pk=job_id, status__in=statuses, cancel_requested_at__isnull=True).update(
+        cancel_requested_at=Now(), updated_at=Now(), error_code=errors.SUPERSEDED, error=message,
+    ):
+        return False
+    if _finish(job_id, Job.objects.filter(pk=job_id, status=Status.PENDING), status=Status.CANCELED,
+               error_code=errors.SUPERSEDED, error=message):
+        logs.append_text(job_id, f"{message}; canceled before a worker took it")
+    else:
+        logs.append_text(job_id, f"{message}; stopping the build")
+    return True
 
 
 def job_cancel(*, job_id: str) -> tuple[Job | None, bool]:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, ServiceCounter, Status
+from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, PRIORITIES, CallbackAttempt, CallbackEvent, Job, ServiceCounter, Status
 from builds.services.health import Refreshed
 
 DURATION_BUCKETS_SECONDS = (5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600)
@@ -67,6 +67,30 @@ def _longest_wait_seconds() -> float:
     return max(0.0, (oldest[1] - oldest[0]).total_seconds()) if oldest else 0.0
 
 
+QUEUE_WAIT_BUCKETS_SECONDS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def _queue_wait_histogram() -> HistogramMetricFamily:
+    """Time from a job's creation to its first start, by priority."""
+    histogram = HistogramMetricFamily(
+        "hubfly_queue_wait_seconds", "Time jobs waited from creation to their first start, by priority",
+        labels=["priority"],
+    )
+    wait = ExpressionWrapper(F("started_at") - F("created_at"), output_field=DurationField())
+    buckets = {f"le_{i}": Count("pk", filter=Q(w__lte=timedelta(seconds=b))) for i, b in enumerate(QUEUE_WAIT_BUCKETS_SECONDS)}
+    rows = {
+        row["priority"]: row
+        for row in Job.objects.filter(started_at__isnull=False).annotate(w=wait)
+        .values("priority").annotate(total=Count("pk"), sum=Sum("w"), **buckets).order_by()
+    }
+    for name, rank in PRIORITIES.items():
+        row = rows.get(rank, {})
+        cumulative = [(str(float(b)), row.get(f"le_{i}", 0)) for i, b in enumerate(QUEUE_WAIT_BUCKETS_SECONDS)]
+        seconds = max(0.0, row["sum"].total_seconds()) if row.get("sum") else 0.0
+        histogram.add_metric([name], cumulative + [("+Inf", row.get("total", 0))], seconds)
+    return histogram
+
+
 class DatabaseCollector:
     def collect(self):
         yield GaugeMetricFamily("hubfly_metrics_computed_timestamp_seconds",
@@ -84,6 +108,7 @@ class DatabaseCollector:
                                 "How long the longest-waiting pending job has waited for a worker since it was queued "
                                 "or due for a retry (0 if none)", value=_longest_wait_seconds())
         yield _duration_histogram()
+        yield _queue_wait_histogram()
 
         # Callback deliveries: every attempt is a CallbackAttempt row.
         failed = Q(http_status__isnull=True) | Q(http_status__lt=200) | Q(http_status__gte=300)

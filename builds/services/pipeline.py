@@ -26,8 +26,9 @@ from builds import errors
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
 from builds.services import (
-    buildkit, dbfaults, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process, registry,
+    buildkit, dbfaults, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process, queue, registry,
 )
+from hubfly.logformat import job_context
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def worker_id() -> str:
 @dataclass
 class Outcome:
     retry_in: float | None = None  # seconds until the next attempt, when the job was handed back
+    claimed: bool = True  # False: no job could start, nothing was attempted
 
 
 class BuildDirector:
@@ -299,11 +301,30 @@ class BuildDirector:
         return dbfaults.retrying(call, seconds=settings.LEASE_SECONDS, what=f"job {self.job.id}")
 
 
-def run_job(job_id: str) -> Outcome:
-    """Claim the job and make one attempt; a job that is not pending is left alone."""
-    lease = lifecycle.job_claim(job_id=job_id, worker=worker_id())
-    if lease is None:
-        return Outcome()
+def run_next(hint: str = "") -> Outcome:
+    """Claim the job the fair queue starts next and make one attempt. The message that woke
+    this slot (`hint`, a job id) only said there is work: the job started may be another, and
+    the hinted one keeps waiting for the message of the job started. When nothing may start,
+    the message is owed to the queue (builds.services.queue)."""
+    claimed = lifecycle.job_claim_next(worker=worker_id())
+    if claimed is None:
+        queue.message_unused()
+        return Outcome(claimed=False)
+    job_id, lease = claimed
+    if job_id != hint:
+        log.info("message for job %s started job %s (fair queue)", hint, job_id)
+    try:
+        with job_context(job_id):
+            return attempt(job_id, lease)
+    finally:
+        try:
+            queue.kick()  # this slot is free again: a job its tenant held back may start now
+        except DatabaseError:  # the reaper kicks too
+            log.exception("could not look for a job held back by its tenant's limit")
+
+
+def attempt(job_id: str, lease: uuid.UUID) -> Outcome:
+    """One attempt at a job this worker claimed."""
     job = Job.objects.get(pk=job_id)
     try:
         secrets = jobs.job_secrets(job)
@@ -313,3 +334,11 @@ def run_job(job_id: str) -> Outcome:
         lifecycle.job_finish(job_id=job.id, lease=lease, status=Status.FAILED, error_code=exc.code, error=exc.message)
         return Outcome()
     return BuildDirector(job, lease, secrets).run()
+
+
+def run_job(job_id: str) -> Outcome:
+    """Claim this very job (if it is pending) and make one attempt, whatever the queue's order."""
+    lease = lifecycle.job_claim(job_id=job_id, worker=worker_id())
+    if lease is None:
+        return Outcome()
+    return attempt(job_id, lease)
