@@ -14,10 +14,11 @@ sudo=""
 # policy (hubfly/buildnet.py).
 needs="git:git runc:runc docker-registry:docker-registry curl:curl iptables:iptables ip:iproute2 \
   /usr/lib/cni/bridge:containernetworking-plugins"
-# Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis, and
-# drive the admin in a headless browser.
+# Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis,
+# drive the admin in a headless browser, and run docker-compose.yml on a Docker engine of their
+# own (scripts/compose-test).
 [ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
-  /usr/lib/postgresql/15/bin/postgres:postgresql"
+  /usr/lib/postgresql/15/bin/postgres:postgresql /usr/sbin/dockerd:docker.io /usr/bin/docker-compose:docker-compose"
 missing=()
 for pair in $needs; do
   binary=${pair%:*} package=${pair##*:}
