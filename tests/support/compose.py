@@ -409,6 +409,7 @@ def run_flow(stack: Stack, timings: dict) -> None:
     stack.compose("restart", "worker")
     job = stack.wait_status(during, {"success", "failed", "canceled"}, 400)
     check_success(stack, job)
+    log(f"the build across the restart: {job['status']} on {job['worker']}, retryCount {job['retryCount']}")
     check_callback(stack, during)
     time.sleep(5)  # a second final callback would have come by now
     finals = stack.receiver.for_job(during)
