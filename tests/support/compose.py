@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -401,6 +400,7 @@ def run_flow(stack: Stack, timings: dict) -> None:
     check_callback(stack, first)
     check_admin(stack, first)
 
+    mark = _step(timings, "first job checked (pull, callback, admin)", started)
     log("restart worker in the middle of a build")
     repo.commit({"Dockerfile": DOCKERFILE.format(marker="restart", sleep=20)})
     during = stack.submit(repo.url, "restart")
@@ -416,9 +416,9 @@ def run_flow(stack: Stack, timings: dict) -> None:
     if len(finals) != 1:
         raise ComposeTestError(f"{len(finals)} callbacks for {during}, want one: {[r.json for r in finals]}")
 
+    mark = _step(timings, "restart worker during a build", mark)
     log("scale worker=2")
     stack.compose("up", "-d", "--scale", "worker=2")
-    wait_for(lambda: _healthy(stack, "worker") >= 2, 240, "two healthy workers", interval=3)
     repo.commit({"Dockerfile": DOCKERFILE.format(marker="scale", sleep=15)})
     spread = [stack.submit(repo.url, f"scale{n}") for n in range(2)]
     seen: dict[str, str] = {}
@@ -434,6 +434,7 @@ def run_flow(stack: Stack, timings: dict) -> None:
     for job_id in spread:
         check_success(stack, stack.wait_status(job_id, {"success", "failed", "canceled"}, 300))
 
+    mark = _step(timings, "scale worker=2, two builds", mark)
     log("down and up again")
     jobs_before = {job_id: stack.job(job_id) for job_id in [first, during, *spread]}
     logs_before = {job_id: stack.api("GET", f"/api/v1/jobs/{job_id}/logs")[1] for job_id in jobs_before}
@@ -446,17 +447,16 @@ def run_flow(stack: Stack, timings: dict) -> None:
             raise ComposeTestError(f"{job_id} changed across down/up: {before} -> {after}")
         if stack.api("GET", f"/api/v1/jobs/{job_id}/logs")[1] != logs_before[job_id]:
             raise ComposeTestError(f"the log of {job_id} changed across down/up")
+    mark = _step(timings, "down, up, /readyz, jobs and logs kept", mark)
     again = stack.submit(repo.url, "again")
     check_success(stack, stack.wait_status(again, {"success", "failed", "canceled"}, 300))
+    _step(timings, "a job after down and up", mark)
 
 
-def _healthy(stack: Stack, service: str) -> int:
-    ids = stack.compose("ps", "-q", service).stdout.split()
-    count = 0
-    for container in ids:
-        state = stack.engine.docker("inspect", "--format", "{{.State.Health.Status}}", container, check=False)
-        count += state.stdout.strip() == "healthy"
-    return count
+def _step(timings: dict, name: str, since: float) -> float:
+    now = time.monotonic()
+    timings[name] = now - since
+    return now
 
 
 def _mirror_debian(addr: str, user: str, password: str) -> None:
@@ -499,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         composeimages.make_images(state / "images", [DOCKER, "-H", engine.host], names, log=log)
         timings["images"] = time.monotonic() - started
         for offset, profile in enumerate(profiles):
-            work = Path(tempfile.mkdtemp(prefix=f"{profile}-", dir=state))
+            work = state / profile
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
             stack = Stack(engine, f"hubfly-compose-{profile}", index + offset, work,
                           "scale" if profile == "scale" else None)
             stack.create()

@@ -138,6 +138,13 @@ conf=/etc/rabbitmq/rabbitmq.conf
 [ -n "${RABBITMQ_DEFAULT_PASS:-}" ] && echo "default_pass = $RABBITMQ_DEFAULT_PASS" >> "$conf"
 echo "loopback_users = none" >> "$conf"
 chown -R rabbitmq:rabbitmq /var/lib/rabbitmq "$conf"
+if [ "${1:-}" = rabbitmq-server ] && [ "$(id -u)" = 0 ]; then
+  # The server's own script as process 1 (Debian's wrapper in /usr/sbin would sit between it
+  # and `docker stop`'s SIGTERM, which the script turns into a clean shutdown).
+  shift
+  exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups env HOME=/var/lib/rabbitmq \
+    /usr/lib/rabbitmq/bin/rabbitmq-server "$@"
+fi
 exec "$@"
 """
 
