@@ -90,8 +90,7 @@ if path:
     with open(path) as handle:
         spec = json.load(handle)
     bounding = next(int(line.split()[1], 16) for line in open("/proc/self/status") if line.startswith("CapBnd:"))
-    names = {"CAP_" + name.upper(): bit for bit, name in enumerate(
-        open("/proc/sys/kernel/cap_last_cap").read() and [
+    names = {"CAP_" + name.upper(): bit for bit, name in enumerate([
             "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
             "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
             "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
@@ -180,8 +179,8 @@ class Stack:
         self.network = project
         self.token = secrets.token_hex(16)
         self.callback_secret = secrets.token_hex(16)
-        self.web_port = composeimages._free_port()
-        self.registry_port = composeimages._free_port()
+        self.web_port = composeimages.free_port()
+        self.registry_port = composeimages.free_port()
         self.git: GitServer | None = None
         self.receiver: CallbackReceiver | None = None
 

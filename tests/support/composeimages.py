@@ -165,11 +165,11 @@ class ImageError(RuntimeError):
 
 
 def make_images(state_dir: Path, docker: list[str], names=DEFAULT_IMAGES, log=print) -> dict[str, str]:
-    """Builds the named images and loads those the engine `docker` (an argv prefix) lacks.
-    Returns the debian base layer's registry-ready description for the compose registry."""
+    """Builds the named images and loads into the engine `docker` (an argv prefix) each one it
+    does not have with that id. Returns the image ids by name."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     registry_addr = f"127.0.0.1:{port}"
     buildkit_addr = f"unix://{state_dir / 'buildkitd.sock'}"
     reg = localservices.start_registry(state_dir, registry_addr, state_dir / "registry.log")
@@ -204,7 +204,7 @@ def debian_layer() -> dict:
     return baseimages._debian_layer(baseimages.default_cache_dir())
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
