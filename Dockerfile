@@ -9,8 +9,9 @@ WORKDIR /app
 COPY requirements.txt .
 RUN --mount=type=cache,target=/root/.cache/pip pip install -r requirements.txt
 COPY . .
-RUN useradd --system --uid 10001 --home /data hubfly && mkdir -p /data /log /registry-auth \
-    && chown hubfly /data /log /registry-auth
+# uid and gid 10001: buildkitd (docker-compose.yml) hands its socket to group 10001.
+RUN groupadd --system --gid 10001 hubfly && useradd --system --uid 10001 --gid 10001 --home /data hubfly \
+    && mkdir -p /data /log /registry-auth && chown hubfly:hubfly /data /log /registry-auth
 USER hubfly
 ENV DATA_DIR=/data LOG_DIR=/log PYTHONUNBUFFERED=1
 EXPOSE 8080

@@ -149,6 +149,10 @@ WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
 MAX_LOG_FOLLOWERS = env_int("MAX_LOG_FOLLOWERS", 500, minimum=1)
 # /readyz and /metrics answer from values refreshed at most this often, in the background.
 PROBE_REFRESH_SECONDS = env_float("PROBE_REFRESH_SECONDS", 5.0, minimum=0.1)
+# False where a process never builds and has no buildkitd socket (the compose web service):
+# its /readyz then leaves out the buildkitd and buildNetwork checks, which the workers' own
+# healthchecks make instead.
+PROBE_BUILDKIT = env_bool("PROBE_BUILDKIT", True)
 
 # Request bodies above 1 MiB are refused with 413 (builds.api.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
@@ -275,7 +279,8 @@ API_TOKEN_GENERATED = not env_list("BUILDER_API_TOKENS")
 
 # --- Celery ----------------------------------------------------------------------------------
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}")
+# Empty is unset, as for DATABASE_URL (docker-compose.yml passes both through, empty by default).
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}"
 BROKER_IS_SQLA = CELERY_BROKER_URL.startswith(("sqla+", "sqlalchemy+"))
 # The SQLAlchemy URL behind a sqla+ broker URL, and the SQLite file when it is one.
 BROKER_SQLALCHEMY_URL = CELERY_BROKER_URL.split("+", 1)[1] if BROKER_IS_SQLA else ""

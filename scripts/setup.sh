@@ -15,9 +15,11 @@ sudo=""
 needs="git:git runc:runc docker-registry:docker-registry curl:curl iptables:iptables ip:iproute2 \
   /usr/lib/cni/bridge:containernetworking-plugins"
 # Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis and
-# RabbitMQ, and drive the admin in a headless browser.
+# RabbitMQ, drive the admin in a headless browser, and run docker-compose.yml on a Docker engine
+# of their own (scripts/compose-test).
 [ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
-  /usr/lib/postgresql/15/bin/postgres:postgresql /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server"
+  /usr/lib/postgresql/15/bin/postgres:postgresql /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server \
+  /usr/sbin/dockerd:docker.io /usr/bin/docker-compose:docker-compose"
 missing=()
 for pair in $needs; do
   binary=${pair%:*} package=${pair##*:}
@@ -32,8 +34,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian's package starts a system RabbitMQ on install. The tests run a node of their own (own
   # ports and epmd), so one installed here only for them is stopped and not started at boot.
-  if [[ " ${missing[*]} " == *" rabbitmq-server "* ]] && [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+  # The same for Debian's Docker engine: the compose test runs an engine of its own (own socket).
+  if [ -d /run/systemd/system ]; then
+    for unit in rabbitmq-server:rabbitmq-server docker.io:"docker.socket docker"; do
+      if [[ " ${missing[*]} " == *" ${unit%%:*} "* ]]; then
+        $sudo systemctl disable --now ${unit#*:} >/dev/null 2>&1 || true
+      fi
+    done
   fi
 fi
 

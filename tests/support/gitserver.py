@@ -131,10 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class GitServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.root = root
         self.httpd.delays = {}  # repository name -> seconds to wait before answering
         self.httpd.daemon_threads = True
@@ -144,7 +144,8 @@ class GitServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
 
     def repo(self, name: str) -> Repo:
         if name in self._names:

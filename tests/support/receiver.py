@@ -34,8 +34,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class CallbackReceiver:
-    def __init__(self):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1"):
+        self.httpd = ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.owner = self
         self.httpd.daemon_threads = True
         self.received: list[Received] = []
@@ -45,7 +45,8 @@ class CallbackReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/build"
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/hooks/build"
 
     def status_for_next(self) -> int:
         return self.status
