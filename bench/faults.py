@@ -68,7 +68,7 @@ class ExtraWorker:
 def run(ctx: Context, restart) -> None:
     restart(ENV)
     jobs_total = ctx.n(40, 1000)
-    window = ctx.n(30.0, 900.0)  # the clients spread their submissions over this many seconds
+    window = ctx.n(90.0, 900.0)  # the clients spread their submissions over this many seconds
     repo = BuildRepo(ctx.git, "faults", {"Dockerfile": TRIVIAL})
     # One job in four sleeps 4 s in a RUN step (when the Debian base image is there), so faults
     # meet builds that are under way.
