@@ -17,7 +17,9 @@ from builds.models import FINAL_STATUSES, CallbackEvent, Job
 from tests.conftest import API_TOKEN, TEST_ROOT, wait_for
 from tests.support.webserver import WebServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
+# In the `waits` session: it is four minutes of mostly waiting for builds and restarts, the
+# longest test of the main session otherwise.
+pytestmark = [pytest.mark.e2e, pytest.mark.waits, pytest.mark.usefixtures("live_db")]
 
 JOBS = int(os.environ.get("HUBFLY_TEST_CHAOS_JOBS", 200))
 CLIENTS = 8
