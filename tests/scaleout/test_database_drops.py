@@ -3,6 +3,8 @@ the server (as a failover does), or the server stopped and started again (as an 
 reboot does), while it builds; the build goes on over a new connection and succeeds in its
 first attempt, log complete, and the API answers 503 with Retry-After while the server is down."""
 
+import os
+import signal
 import threading
 import time
 
@@ -80,3 +82,32 @@ def test_a_server_restart_fails_no_build_and_the_api_answers_503_meanwhile(api, 
     positions = [text.index(f"step {i} of 12") for i in range(1, 13)]
     assert positions == sorted(positions)
     assert api.get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
+def test_a_job_whose_message_meets_the_server_down_starts_when_it_is_back(api, worker, git_server):
+    """The worker takes the job's message while PostgreSQL is stopped: the message is sent
+    again, not consumed, so the job starts once the server is back rather than when the reaper
+    re-sends it (REQUEUE_AFTER_SECONDS after it was enqueued)."""
+    from django.conf import settings
+
+    from builds.models import Job
+    from tests import testenv
+    from tests.support import scaleout
+
+    repo = git_server.repo("pg-down-message")
+    repo.commit({"Dockerfile": BASE + "RUN echo $NONCE\n"})
+    os.killpg(worker.proc.pid, signal.SIGSTOP)  # the message waits in the broker
+    try:
+        job_id = submit(api, repo.url, env={"NONCE": new_id()})
+        postgres = testenv.SCALEOUT_SERVICES[0]
+        argv, port, log = postgres.restart_with
+        scaleout.stop(postgres)
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    time.sleep(4)  # the worker takes the message and finds the server gone
+    testenv.SCALEOUT_SERVICES[0] = scaleout._launch_postgres(argv, port, log)
+    connection.close()
+    wait_for(lambda: Job.objects.get(pk=job_id).claimed_at is not None, 60, f"{job_id} to be claimed")
+    job = Job.objects.get(pk=job_id)
+    assert (job.claimed_at - job.created_at).total_seconds() < settings.REQUEUE_AFTER_SECONDS
+    assert wait_final(job_id, timeout=90).status == "success"
