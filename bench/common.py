@@ -29,6 +29,7 @@ class Context:
     git: object  # tests.support.gitserver.GitServer
     base_images: bool  # debian:bookworm-slim can be built on
     instance: Instance | None = None
+    postgres: object = None  # the PostgreSQL server process of --scaleout (restarted by faults)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     buildctl_seconds: list[float] = field(default_factory=list)

@@ -125,8 +125,7 @@ def main(argv=None) -> int:
         from tests.support import scaleout
 
         shutil.rmtree(root / "scaleout", ignore_errors=True)
-        args.database_url, postgres = scaleout.start_postgres(root / "scaleout" / "postgres")
-        servers.append(postgres)
+        args.database_url, ctx.postgres = scaleout.start_postgres(root / "scaleout" / "postgres")
         args.broker_url, redis = scaleout.start_redis(root / "scaleout" / "redis")
         servers.append(redis)
         print("bench: scale-out configuration: PostgreSQL and Redis", flush=True)
@@ -184,6 +183,8 @@ def main(argv=None) -> int:
         git_server.httpd.shutdown()
         shutil.rmtree(run_dir / "git", ignore_errors=True)
         receiver.close()
+        if ctx.postgres is not None:
+            servers.append(ctx.postgres)
         if servers:
             from tests.support import scaleout
 

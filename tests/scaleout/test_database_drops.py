@@ -1,6 +1,12 @@
-"""PostgreSQL connections dropped under a running build (issue 11, item 2): the worker's
-connections are terminated by the server (as a restart or a failover does) while it builds;
-the build goes on over a new connection and succeeds in its first attempt, log complete."""
+"""PostgreSQL under a running build (issue 11, item 2): the worker's connections terminated by
+the server (as a failover does), or the server stopped and started again (as an upgrade or a
+reboot does), while it builds; the build goes on over a new connection and succeeds in its
+first attempt, log complete, and the API answers 503 with Retry-After while the server is down."""
+
+import os
+import signal
+import threading
+import time
 
 import pytest
 from django.db import connection
@@ -35,3 +41,73 @@ def test_dropped_database_connections_fail_no_build(api, worker, git_server):
     positions = [text.index(f"step {i} of 12") for i in range(1, 13)]
     assert positions == sorted(positions)
     assert "INTERNAL_ERROR" not in text and "build succeeded" in text
+
+
+def server_started_at():
+    connection.close()  # after a restart this process's connection is gone too
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        return cursor.fetchone()[0]
+
+
+def restart_server(down_seconds: float) -> None:
+    """Stop the PostgreSQL server process and start it again (as an upgrade or a reboot does)."""
+    from tests import testenv
+    from tests.support import scaleout
+
+    postgres = testenv.SCALEOUT_SERVICES[0]
+    testenv.SCALEOUT_SERVICES[0] = scaleout.restart_postgres(postgres, down_seconds)
+
+
+def test_a_server_restart_fails_no_build_and_the_api_answers_503_meanwhile(api, worker, git_server):
+    repo = git_server.repo("pg-restarted")
+    repo.commit({"Dockerfile": BASE + STEPS})
+    job_id = submit(api, repo.url, env={"NONCE": new_id()})
+    wait_building(job_id)
+    wait_for(lambda: "step 3 of 12" in log_text(api, job_id), 60, "step 3")
+    started_at = server_started_at()
+    answers = []
+    stopper = threading.Thread(target=restart_server, args=(3,))
+    stopper.start()
+    while stopper.is_alive():
+        answer = api.get(f"/api/v1/jobs/{job_id}")
+        answers.append((answer.status_code, answer.get("Retry-After")))
+        time.sleep(0.2)
+    stopper.join()
+    assert server_started_at() > started_at
+    assert (503, "5") in answers and all(s in (200, 503) for s, _ in answers), answers
+    job = wait_final(job_id, timeout=90)
+    text = log_text(api, job_id)
+    assert job.status == "success" and job.attempts == 1 and job.retry_count == 0, (job.error_code, job.error, text)
+    positions = [text.index(f"step {i} of 12") for i in range(1, 13)]
+    assert positions == sorted(positions)
+    assert api.get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
+def test_a_job_whose_message_meets_the_server_down_starts_when_it_is_back(api, worker, git_server):
+    """The worker takes the job's message while PostgreSQL is stopped: the message is sent
+    again, not consumed, so the job starts once the server is back rather than when the reaper
+    re-sends it (REQUEUE_AFTER_SECONDS after it was enqueued)."""
+    from django.conf import settings
+
+    from builds.models import Job
+    from tests import testenv
+    from tests.support import scaleout
+
+    repo = git_server.repo("pg-down-message")
+    repo.commit({"Dockerfile": BASE + "RUN echo $NONCE\n"})
+    os.killpg(worker.proc.pid, signal.SIGSTOP)  # the message waits in the broker
+    try:
+        job_id = submit(api, repo.url, env={"NONCE": new_id()})
+        postgres = testenv.SCALEOUT_SERVICES[0]
+        argv, port, log = postgres.restart_with
+        scaleout.stop(postgres)
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    time.sleep(4)  # the worker takes the message and finds the server gone
+    testenv.SCALEOUT_SERVICES[0] = scaleout._launch_postgres(argv, port, log)
+    connection.close()
+    wait_for(lambda: Job.objects.get(pk=job_id).claimed_at is not None, 60, f"{job_id} to be claimed")
+    job = Job.objects.get(pk=job_id)
+    assert (job.claimed_at - job.created_at).total_seconds() < settings.REQUEUE_AFTER_SECONDS
+    assert wait_final(job_id, timeout=90).status == "success"

@@ -40,12 +40,9 @@ def start_postgres(root: Path) -> tuple[str, subprocess.Popen]:
                     "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
     port = _free_port()
     log = root / "postgres.log"
-    proc = subprocess.Popen(
-        [*as_postgres, str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    _wait_port(port, proc, "postgres", log)
+    argv = [*as_postgres, str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"]
+    proc = _launch_postgres(argv, port, log)
     for _ in range(50):
         made = subprocess.run([*as_postgres, "psql",
                                "-h", "127.0.0.1", "-p", str(port), "-U", "hubfly", "-d", "postgres",
@@ -54,6 +51,28 @@ def start_postgres(root: Path) -> tuple[str, subprocess.Popen]:
             break
         time.sleep(0.2)
     return f"postgres://hubfly@127.0.0.1:{port}/hubfly", proc
+
+
+def _launch_postgres(argv: list[str], port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_port(port, proc, "postgres", log)
+    # The port opens before the server takes connections (it replays its log first).
+    for _ in range(300):
+        if subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0:
+            break
+        time.sleep(0.1)
+    proc.restart_with = (argv, port, log)
+    return proc
+
+
+def restart_postgres(proc: subprocess.Popen, down_seconds: float) -> subprocess.Popen:
+    """Stop the server for real (every connection is gone, new ones are refused while it is
+    down), keep it down for `down_seconds`, start it again on the same port and data; the new
+    server process is returned."""
+    argv, port, log = proc.restart_with
+    stop(proc)
+    time.sleep(down_seconds)
+    return _launch_postgres(argv, port, log)
 
 
 def start_redis(root: Path) -> tuple[str, subprocess.Popen]:
