@@ -27,6 +27,9 @@ from builds.errors import TransientError, UserError
 
 _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
 _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+# A project's first build: there is no cache manifest to import yet. buildctl reports it as an
+# ERROR line and carries on; it is expected, so the log says what it means instead.
+_NO_CACHE_YET = re.compile(r"^#(\d+) ERROR: failed to configure registry cache importer: .*\bnot found\b")
 _CPU_PERIOD = 100_000
 
 
@@ -127,6 +130,14 @@ def docker_config_dir() -> Path | None:
     return directory
 
 
+def readable_line(line: str) -> str:
+    """buildctl's output line as the job's log shows it: expected, handled conditions in plain
+    words; every other line (its real errors included) as buildctl wrote it."""
+    if match := _NO_CACHE_YET.match(line):
+        return f"#{match[1]} no build cache yet for this project"
+    return line
+
+
 def read_digest(metadata_file: Path) -> str:
     try:
         return json.loads(metadata_file.read_text()).get("containerimage.digest", "")
@@ -147,20 +158,38 @@ class ProgressTracker:
         if match := _STEP.match(line):
             self.steps[match[1]] = match[2]
             self.current = match[2]
+        elif _NO_CACHE_YET.match(line):
+            pass  # not a failure of the build
         elif match := _STEP_ERROR.match(line):
             self.failed_step = self.steps.get(match[1], self.failed_step)
             self.failure = match[2]
+
+    def running_step(self) -> str | None:
+        """The step running last, without its "[stage n/m]" position."""
+        return _step_name(self.current) if self.current else None
 
     def progress(self) -> dict | None:
         if not self.current:
             return None
         position = re.match(r"\[(?:[^\]\s]+ )?(\d+)/(\d+)\]", self.current)
         if position:
-            return {"step": int(position[1]), "total": int(position[2]), "name": self.current.split("] ", 1)[-1]}
+            return {"step": int(position[1]), "total": int(position[2]), "name": _step_name(self.current)}
         return {"step": None, "total": None, "name": self.current}
 
 
+def _step_name(step: str) -> str:
+    return step.split("] ", 1)[-1]
+
+
 def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
+    """The error for a failed buildctl run, naming the step that failed when buildctl said."""
+    error = _classify(tracker, tail)
+    if tracker.failed_step and error.step is None:
+        error.step = _step_name(tracker.failed_step)
+    return error
+
+
+def _classify(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     output = "\n".join(tail)
     reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tracker.failure or (tail[-1] if tail else ""))
     reason = reason.removeprefix("error: ").strip()
