@@ -181,11 +181,20 @@ def _step_name(step: str) -> str:
     return step.split("] ", 1)[-1]
 
 
+def _failed_step_name(step: str) -> str | None:
+    """The Dockerfile step a failed buildctl step stands for: BuildKit resolves a FROM image in
+    an "[internal] load metadata for <image>" step; other internal steps are no Dockerfile step."""
+    if step.startswith("[internal] "):
+        image = step.removeprefix("[internal] load metadata for ")
+        return f"FROM {image}" if image != step else None
+    return _step_name(step)
+
+
 def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     """The error for a failed buildctl run, naming the step that failed when buildctl said."""
     error = _classify(tracker, tail)
     if tracker.failed_step and error.step is None:
-        error.step = _step_name(tracker.failed_step)
+        error.step = _failed_step_name(tracker.failed_step)
     return error
 
 
