@@ -89,7 +89,8 @@ def test_timed_out_build_is_a_timeout_failure_naming_the_running_step(api, worke
     repo = git_server.repo("ft-timeout")
     repo.commit({"Dockerfile": BASE + "ARG NONCE\nRUN echo $NONCE; sleep 60\n"})
     nonce = new_id()
-    job = wait_final(submit(api, repo.url, timeoutSeconds=5, env={"NONCE": nonce}), timeout=60)
+    # Long enough for the RUN step to start on a busy machine.
+    job = wait_final(submit(api, repo.url, timeoutSeconds=12, env={"NONCE": nonce}), timeout=60)
     assert job.status == "failed" and job.error_code == "TIMEOUT"
     failure = api.get(f"/api/v1/jobs/{job.id}").json()["failure"]
     # BuildKit names the step with its build arguments expanded.

@@ -30,6 +30,7 @@ _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
 # A project's first build: there is no cache manifest to import yet. buildctl reports it as an
 # ERROR line and carries on; it is expected, so the log says what it means instead.
 _NO_CACHE_YET = re.compile(r"^#(\d+) ERROR: failed to configure registry cache importer: .*\bnot found\b")
+_STEP_DONE = re.compile(r"^#(\d+) (DONE|CACHED)\b")
 _CPU_PERIOD = 100_000
 
 
@@ -153,11 +154,14 @@ class ProgressTracker:
         self.current: str | None = None
         self.failed_step: str | None = None
         self.failure: str | None = None
+        self.done: set[str] = set()  # numbers of the steps that ended
 
     def feed(self, line: str) -> None:
         if match := _STEP.match(line):
             self.steps[match[1]] = match[2]
             self.current = match[2]
+        elif match := _STEP_DONE.match(line):
+            self.done.add(match[1])
         elif _NO_CACHE_YET.match(line):
             pass  # not a failure of the build
         elif match := _STEP_ERROR.match(line):
@@ -165,8 +169,10 @@ class ProgressTracker:
             self.failure = match[2]
 
     def running_step(self) -> str | None:
-        """The step running last, without its "[stage n/m]" position."""
-        return _step_name(self.current) if self.current else None
+        """The Dockerfile step started last of those still running (buildctl prints an
+        earlier step's header again when it reports more of it), as failure.step names it."""
+        running = [name for number, name in self.steps.items() if number not in self.done]
+        return _failed_step_name(running[-1]) if running else None
 
     def progress(self) -> dict | None:
         if not self.current:
