@@ -18,11 +18,12 @@ from django.utils.html import format_html, format_html_join
 
 from rest_framework.exceptions import ValidationError
 
+from builds import errors
 from builds.api.errors import ApiError, first_message
 from builds.api.serializers import JobCreateInput
 from builds.api.views import check_generation_settings
 from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, TenantLimit
-from builds.services import follow, jobs, lifecycle, logs, queue, rebuild
+from builds.services import callbacks, follow, jobs, lifecycle, logs, queue, rebuild
 
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -79,17 +80,18 @@ class JobAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("id", "status", "queue_place", "progress_text", "project_id", "user_id", "priority", "worker",
                            "attempts", "retry_count")}),
-        ("Result", {"fields": ("commit_sha", "image_tag", "image_digest", "error_code", "error")}),
+        ("Result", {"fields": ("commit_sha", "image_tag", "image_digest", "error_code", "error", "failure")}),
         ("Source and settings (secrets masked)", {"fields": ("source", "settings")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at",
                               "cancel_requested_at")}),
-        ("Callback deliveries", {"fields": ("callback_deliveries",)}),
+        ("Callback deliveries", {"fields": ("callback_url", "callback_deliveries")}),
     )
     readonly_fields = (
         "id", "status", "queue_place", "progress_text", "project_id", "user_id", "priority", "worker", "attempts",
         "retry_count", "commit_sha",
         "image_tag", "image_digest", "error_code", "error", "source", "settings", "created_at", "started_at",
-        "finished_at", "duration", "heartbeat_at", "cancel_requested_at", "callback_deliveries",
+        "finished_at", "duration", "heartbeat_at", "cancel_requested_at", "callback_deliveries", "failure",
+        "callback_url",
     )
 
     # --- who may do what -------------------------------------------------------------------
@@ -138,6 +140,14 @@ class JobAdmin(admin.ModelAdmin):
     def settings(self, job):
         return _pretty(jobs.masked_build_config(job))
 
+    @admin.display(description="failure")
+    def failure(self, job):
+        failure = errors.failure(status=job.status, code=job.error_code, step=job.failure_step)
+        if failure is None:
+            return "-"
+        step = f", at {failure['step']}" if failure["step"] else ""
+        return f"{failure['type']}{step} ({'retryable' if failure['retryable'] else 'not retryable'})"
+
     @admin.display(description="deliveries")
     def callback_deliveries(self, job):
         events = list(job.callback_events.order_by("created_at"))
@@ -151,7 +161,8 @@ class JobAdmin(admin.ModelAdmin):
         for event in events:
             tries = by_event.get(event.id, [])
             detail = "; ".join(
-                f"{a.at:%Y-%m-%d %H:%M:%S} {a.http_status or '-'} {a.error or 'ok'} ({a.duration_ms} ms)" for a in tries
+                f"{a.at:%Y-%m-%d %H:%M:%S} {a.http_status or '-'} {a.error or 'ok'} ({a.duration_ms} ms)"
+                + (f" redelivered by {a.requested_by}" if a.requested_by else "") for a in tries
             )
             rows.append((event.id, event.state, event.attempts, event.url, detail or "not tried yet"))
         return format_html(
@@ -179,6 +190,8 @@ class JobAdmin(admin.ModelAdmin):
                 log_download_url=reverse("admin:builds_job_log_download", args=[pk]),
                 cancel_url=reverse("admin:builds_job_cancel", args=[pk]),
                 rebuild_url=reverse("admin:builds_job_rebuild", args=[pk]),
+                redeliver_url=reverse("admin:builds_job_redeliver", args=[pk]),
+                has_callback=job.callback_events.exists(),
             )
         return super().change_view(request, object_id, form_url, context)
 
@@ -189,6 +202,7 @@ class JobAdmin(admin.ModelAdmin):
             path("<path:object_id>/log/download/", view(self.log_download_view), name="builds_job_log_download"),
             path("<path:object_id>/cancel/", view(self.cancel_view), name="builds_job_cancel"),
             path("<path:object_id>/rebuild/", view(self.rebuild_view), name="builds_job_rebuild"),
+            path("<path:object_id>/redeliver/", view(self.redeliver_view), name="builds_job_redeliver"),
         ] + super().get_urls()
 
     def _job_for(self, request, object_id, *, operate: bool = False) -> Job:
@@ -237,6 +251,25 @@ class JobAdmin(admin.ModelAdmin):
         target = new or job
         return HttpResponseRedirect(reverse("admin:builds_job_change", args=[quote(target.pk)]))
 
+    def redeliver_view(self, request, object_id):
+        """One new attempt at the job's latest webhook event, recorded with who asked."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self._job_for(request, object_id, operate=True)
+        event = job.callback_events.order_by("-created_at", "-pk").first()
+        if event is None:
+            self.message_user(request, f"Job {job.id} has no webhook event", messages.WARNING)
+        else:
+            try:
+                attempt = callbacks.redeliver(event.pk, requested_by=f"admin {request.user.get_username()}")
+            except callbacks.DeliveryBusy:
+                self.message_user(request, "An attempt at this event is being made now", messages.WARNING)
+            else:
+                ok = attempt.http_status is not None and 200 <= attempt.http_status < 300
+                self.message_user(request, f"Webhook sent again: {attempt.error or f'HTTP {attempt.http_status}'}",
+                                  messages.SUCCESS if ok else messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:builds_job_change", args=[quote(job.pk)]))
+
     # --- actions ---------------------------------------------------------------------------
 
     @admin.action(description="Cancel the selected jobs", permissions=["operate"])
@@ -281,7 +314,7 @@ class CallbackAttemptInline(admin.TabularInline):
     model = CallbackAttempt
     extra = 0
     can_delete = False
-    readonly_fields = ("at", "http_status", "error", "duration_ms")
+    readonly_fields = ("at", "http_status", "error", "duration_ms", "requested_by")
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -10,8 +10,9 @@ class BuildError(Exception):
     code = "BUILD_FAILED"
     retryable = False
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str, *, code: str | None = None, step: str | None = None):
         super().__init__(message)
+        self.step = step  # the Dockerfile step that failed, when known
         self.message = message.strip().splitlines()[0][:500] if message.strip() else self.code
         if code:
             self.code = code
@@ -68,3 +69,40 @@ BUILDKIT_UNAVAILABLE = "BUILDKIT_UNAVAILABLE"    # buildkitd unreachable (transi
 REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"    # push/pull failed for network reasons (transient)
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"    # the database stayed locked or unreachable too long (transient)
 WORKER_LOST = "WORKER_LOST"                      # the worker died; retries used up
+SECRETS_UNREADABLE = "SECRETS_UNREADABLE"        # no key of SECRETS_KEY decrypts the job's secret values
+INTERNAL_ERROR = "INTERNAL_ERROR"                # a bug of ours
+
+
+# What kind of failure each code is (the job's `failure.type`, README "Failure types"): where
+# to look, for a person or a platform deciding what to show. Codes not listed are ours.
+FAILURE_TYPES = {
+    "source": (SOURCE_NOT_FOUND, SOURCE_REFUSED, SOURCE_TOO_LARGE, SOURCE_TIMEOUT, COMMIT_NOT_FOUND,
+               WORKING_DIR_INVALID, GIT_UNAVAILABLE, "SOURCE_AUTH_FAILED", "GIT_FAILED"),
+    "dockerfile": (DOCKERFILE_NOT_FOUND, DOCKERFILE_INVALID, FRONTEND_NOT_ALLOWED, EGRESS_REFUSED,
+                   UNSUPPORTED_RUNTIME, NOTHING_TO_BUILD, COMMAND_NOT_ALLOWED, INVALID_BUILD_CONFIG),
+    "build_step": (BUILD_STEP_FAILED, "BUILD_FAILED"),
+    "base_image": (BASE_IMAGE_NOT_FOUND,),
+    "timeout": ("TIMEOUT",),
+    "canceled": ("CANCELED", SUPERSEDED),
+    "infrastructure": (DISK_SPACE_LOW, BUILDKIT_UNAVAILABLE, REGISTRY_UNAVAILABLE,
+                       DATABASE_UNAVAILABLE, WORKER_LOST, SECRETS_UNREADABLE, INTERNAL_ERROR,
+                       "INFRASTRUCTURE_ERROR"),
+}
+_TYPE_OF = {code: kind for kind, codes in FAILURE_TYPES.items() for code in codes}
+# Submitting the same job again may succeed with no change to the repository or the request:
+# the cause was passing (a host or a service of ours was down) or a person's choice.
+RETRYABLE_CODES = {GIT_UNAVAILABLE, DISK_SPACE_LOW, BUILDKIT_UNAVAILABLE, REGISTRY_UNAVAILABLE, DATABASE_UNAVAILABLE,
+                   WORKER_LOST, "INFRASTRUCTURE_ERROR", "CANCELED", SUPERSEDED}
+
+
+def failure_type(code: str) -> str:
+    """One of FAILURE_TYPES for an errorCode; anything unknown is ours: infrastructure."""
+    return _TYPE_OF.get(code, "infrastructure")
+
+
+def failure(*, status: str, code: str, step: str) -> dict | None:
+    """The job's `failure` (API and callback): null unless it ended failed or canceled."""
+    if status not in ("failed", "canceled"):
+        return None
+    code = code or ("CANCELED" if status == "canceled" else INTERNAL_ERROR)
+    return {"type": failure_type(code), "step": step or None, "retryable": code in RETRYABLE_CODES}

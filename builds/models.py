@@ -51,6 +51,10 @@ class Job(models.Model):
     commit_sha = models.CharField(max_length=64, blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")
     error = models.TextField(blank=True, default="")
+    # The Dockerfile step a failed build stopped at, when buildctl named it (failure.step).
+    failure_step = models.CharField(max_length=512, blank=True, default="", db_default="")
+    # Where this job's outcome is posted instead of CALLBACK_URL (checked like a git URL).
+    callback_url = models.CharField(max_length=2048, blank=True, default="", db_default="")
     progress = models.JSONField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -143,6 +147,9 @@ class CallbackAttempt(models.Model):
     http_status = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     duration_ms = models.PositiveIntegerField(default=0)
+    # Who asked for this attempt by hand (POST .../deliveries/redeliver or the admin); empty
+    # for the outbox's own attempts.
+    requested_by = models.CharField(max_length=128, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["at"]

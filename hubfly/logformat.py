@@ -122,3 +122,36 @@ def logging_config(log_format: str = "plain", level: str = "INFO") -> dict:
             "uvicorn.access": server_logger,
         },
     }
+
+
+class QuietPeriodicTasks(logging.Filter):
+    """Drops Celery's INFO lines about periodic tasks that found nothing to do: beat sending
+    them, a worker receiving them, and their success when the result counts nothing. Every
+    few seconds they would bury the lines that say something; a run that did something, and
+    any warning or error, is still logged."""
+
+    def __init__(self, task_names):
+        super().__init__()
+        self.task_names = task_names  # a callable: the schedule is read when settings are
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        names = self.task_names()
+        if record.name == "celery.beat":
+            args = record.args if isinstance(record.args, tuple) else ()
+            return not (str(record.msg).startswith("Scheduler: Sending due task") and len(args) > 1 and args[1] in names)
+        context = record.args if isinstance(record.args, dict) else {}
+        if context.get("name") not in names:
+            return True
+        if record.name == "celery.worker.strategy":
+            return False  # "received": whether it does anything is known when it succeeds
+        if record.name == "celery.app.trace" and "succeeded" in str(record.msg):
+            return _counts_something(str(context.get("return_value", "")))
+        return True
+
+
+def _counts_something(result: str) -> bool:
+    """A task's result as Celery shows it (repr): 0, None, False or counts that are all 0 say
+    nothing was done."""
+    return bool(re.search(r"[1-9]|True", re.sub(r"'[^']*'", "", result)))

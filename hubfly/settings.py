@@ -231,6 +231,9 @@ CALLBACK_MAX_AGE_HOURS = env_int("CALLBACK_MAX_AGE_HOURS", 24, minimum=1)
 CALLBACK_BACKOFF_SECONDS = env_float("CALLBACK_BACKOFF_SECONDS", 5.0, minimum=0.1)
 CALLBACK_BACKOFF_MAX_SECONDS = env_float("CALLBACK_BACKOFF_MAX_SECONDS", 1800.0, minimum=0.1)
 CALLBACK_FLUSH_SECONDS = env_float("CALLBACK_FLUSH_SECONDS", 10.0, minimum=0.1)
+# A job's own callbackUrl must resolve to public addresses unless listed here (hosts, host:port
+# or networks, as GIT_ALLOWED_HOSTS); CALLBACK_URL is the operator's and is not checked.
+CALLBACK_ALLOWED_HOSTS = [h.lower() for h in env_list("CALLBACK_ALLOWED_HOSTS")]
 MAX_CONCURRENT_BUILDS = env_int("MAX_CONCURRENT_BUILDS", 3, minimum=1, maximum=64)
 MAX_RETRIES = env_int("MAX_RETRIES", 3, minimum=0, maximum=20)
 # Builds one user / one project may run at once across all workers (0: no limit); overrides per

@@ -201,3 +201,27 @@ def test_log_download_and_poll_need_view_permission(client):
     client.login(username="nobody", password=PASSWORD)
     assert client.get(f"/admin/builds/job/{job.id}/log/").status_code == 403
     assert client.get(f"/admin/builds/job/{job.id}/log/download/").status_code == 403
+
+
+def test_job_page_shows_the_failure_and_sends_the_webhook_again_recording_who(admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from builds.models import CallbackAttempt, CallbackEvent
+    from tests.conftest import RECEIVER
+
+    job = Job.objects.create(id=new_id("hook"), project_id="p", user_id="u", request_fingerprint="-",
+                             status="failed", error_code="BUILD_STEP_FAILED", error="RUN make failed with exit code 2",
+                             failure_step="RUN make")
+    page = admin_client.get(f"/admin/builds/job/{job.id}/change/").content.decode()
+    assert "build_step, at RUN make (not retryable)" in page and "job-redeliver" not in page
+    event = CallbackEvent.objects.create(job=job, url=RECEIVER.url, body=f'{{"id": "{job.id}"}}',
+                                         next_attempt_at=timezone.now() + timedelta(hours=1))
+    assert "job-redeliver" in admin_client.get(f"/admin/builds/job/{job.id}/change/").content.decode()
+    response = admin_client.post(f"/admin/builds/job/{job.id}/redeliver/", follow=True)
+    assert "Webhook sent again: HTTP 200" in response.content.decode()
+    (attempt,) = CallbackAttempt.objects.filter(event=event)
+    assert attempt.http_status == 200 and attempt.requested_by == "admin admin"
+    assert len(RECEIVER.for_job(job.id)) == 1
+    assert "redelivered by admin admin" in admin_client.get(f"/admin/builds/job/{job.id}/change/").content.decode()

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import httpx
@@ -13,9 +14,11 @@ import pytest
 from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from builds.models import Job
+from django.utils import timezone
+
+from builds.models import CallbackEvent, Job
 from builds.services import logs
-from tests.conftest import API_TOKEN, REPO_ROOT, TEST_ROOT
+from tests.conftest import API_TOKEN, RECEIVER, REPO_ROOT, TEST_ROOT
 from tests.support.browser import chromium
 from tests.support.jobs import new_id
 from tests.support.webserver import WebServer
@@ -93,6 +96,8 @@ class Exchanges:
         documented = set(self.spec["components"]["schemas"]["Job"]["properties"])
         jobs = data if isinstance(data, list) else data.get("results", [data] if "logPath" in data else [])
         for job in jobs:
+            if "logPath" not in job:
+                continue  # not a job (e.g. a webhook event of GET .../deliveries)
             assert set(job) == documented, set(job) ^ documented
 
 
@@ -155,6 +160,28 @@ def test_real_responses_match_the_schema(web, spec):
     Job.objects.filter(pk=running).update(progress={"step": None, "total": None, "name": "exporting to image"})
     call("GET", "/dev/running-builds", expect=200)
     Job.objects.filter(pk=running).update(status="success")
+
+    # A failed job (failure set) and its webhook: the delivery log, a redelivery and the refusals.
+    failed = new_id("failed")
+    Job.objects.create(id=failed, project_id="p", user_id="u", source_info={"gitRepository": REPO},
+                       request_fingerprint="-", status="failed", error_code="BUILD_STEP_FAILED",
+                       error="RUN exit 3 failed with exit code 3", failure_step="RUN exit 3")
+    shown = call("GET", f"/api/v1/jobs/{failed}", expect=200).json()
+    assert shown["failure"] == {"type": "build_step", "step": "RUN exit 3", "retryable": False}
+    call("GET", f"/api/v1/jobs/{failed}/deliveries", expect=200)
+    call("POST", f"/api/v1/jobs/{failed}/deliveries/redeliver", expect=404)
+    event = CallbackEvent.objects.create(job_id=failed, url=RECEIVER.url, body=json.dumps({"id": failed}),
+                                         next_attempt_at=timezone.now() + timedelta(hours=1))
+    redone = call("POST", f"/api/v1/jobs/{failed}/deliveries/redeliver", body={"eventId": str(event.pk)},
+                  expect=200, check_request=True).json()
+    assert redone["attempt"]["httpStatus"] == 200 and redone["state"] == "delivered"
+    listed = call("GET", f"/api/v1/jobs/{failed}/deliveries", expect=200).json()
+    assert [len(e["attempts"]) for e in listed["results"]] == [1]
+    call("POST", f"/api/v1/jobs/{failed}/deliveries/redeliver", body={"eventId": "nope"}, expect=400)
+    call("GET", "/api/v1/jobs/no-such-job/deliveries", expect=404)
+    call("POST", "/api/v1/jobs/no-such-job/deliveries/redeliver", expect=404)
+    call("POST", "/api/v1/jobs", body=job_body(new_id(), callbackUrl="http://169.254.169.254/hook"), expect=400)
+    call("POST", "/api/v1/jobs", body=job_body(new_id(), callbackUrl=RECEIVER.url), expect=201, check_request=True)
 
     for path in ("/healthz", "/metrics"):
         call("GET", path, expect=200)

@@ -42,6 +42,7 @@ os.environ.update(
         "BUILDKIT_ADDR": BUILDKIT_ADDR,
         "CALLBACK_URL": RECEIVER.url,
         "CALLBACK_SECRET": CALLBACK_SECRET,
+        "CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
         "MAX_CONCURRENT_BUILDS": "2",
         "HEARTBEAT_SECONDS": "1",
         "LEASE_SECONDS": "8",

@@ -10,6 +10,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from builds.errors import FAILURE_TYPES
 from builds.models import PRIORITIES, Status
 
 SECURITY_SCHEME = "bearerAuth"
@@ -88,6 +89,20 @@ class QueuePlaceOutput(serializers.Serializer):
                                    '"project limit 1 reached", "waiting for retry at <time>"')
 
 
+@extend_schema_serializer(component_name="Failure")
+class FailureOutput(serializers.Serializer):
+    type = serializers.ChoiceField(
+        choices=list(FAILURE_TYPES),
+        help_text="source: fetching the repository; dockerfile: the Dockerfile or the build settings; build_step: a "
+        "step of the build failed (e.g. a RUN command exited non-zero); base_image: an image the build needs does "
+        "not exist; timeout: the job ran out of time; canceled: canceled by request or superseded; "
+        "infrastructure: the builder or a service it needs failed (retries used up)",
+    )
+    step = serializers.CharField(allow_null=True, help_text='the Dockerfile step that failed, e.g. "RUN npm test", '
+                                 "when buildctl named it")
+    retryable = serializers.BooleanField(help_text="submitting the same job again may succeed with nothing changed")
+
+
 @extend_schema_serializer(component_name="Job")
 class JobOutput(serializers.Serializer):
     id = serializers.CharField()
@@ -103,7 +118,10 @@ class JobOutput(serializers.Serializer):
     retryCount = serializers.IntegerField()
     errorCode = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_null=True)
+    failure = FailureOutput(allow_null=True, help_text="why a failed or canceled job ended so (null otherwise)")
     logPath = serializers.CharField(help_text="the API path of the job's log")
+    callbackUrl = serializers.CharField(allow_null=True, help_text="where the outcome is posted instead of "
+                                        "CALLBACK_URL, when the request named one")
     progress = ProgressOutput(
         allow_null=True,
         help_text="the build step running now (null before the build starts and once it ended), "
@@ -125,6 +143,45 @@ class JobListOutput(serializers.Serializer):
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()
     results = JobOutput(many=True)
+
+
+@extend_schema_serializer(component_name="DeliveryAttempt")
+class DeliveryAttemptOutput(serializers.Serializer):
+    at = serializers.DateTimeField(help_text="when the attempt was made")
+    httpStatus = serializers.IntegerField(allow_null=True, help_text="the receiver's answer; null when none came")
+    error = serializers.CharField(allow_null=True, help_text="why the attempt failed (null: delivered)")
+    durationMs = serializers.IntegerField(help_text="how long the attempt took")
+    requestedBy = serializers.CharField(allow_null=True, help_text="who asked for it by hand (a redelivery); null "
+                                        "for the outbox's own attempts")
+
+
+@extend_schema_serializer(component_name="DeliveryEvent")
+class DeliveryEventOutput(serializers.Serializer):
+    eventId = serializers.UUIDField(help_text="sent as X-Hubfly-Event-Id with every attempt")
+    url = serializers.CharField()
+    state = serializers.ChoiceField(choices=["pending", "delivered", "gave_up"])
+    createdAt = serializers.DateTimeField()
+    deliveredAt = serializers.DateTimeField(allow_null=True)
+    nextAttemptAt = serializers.DateTimeField(allow_null=True, help_text="the outbox's next try, while pending")
+    attempts = DeliveryAttemptOutput(many=True)
+
+
+@extend_schema_serializer(component_name="Deliveries")
+class DeliveriesOutput(serializers.Serializer):
+    jobId = serializers.CharField()
+    results = DeliveryEventOutput(many=True, help_text="the job's webhook events, oldest first")
+
+
+@extend_schema_serializer(component_name="RedeliverRequest")
+class RedeliverInput(serializers.Serializer):
+    eventId = serializers.UUIDField(required=False, help_text="the event to send again (default: the job's latest)")
+
+
+@extend_schema_serializer(component_name="Redelivery")
+class RedeliveryOutput(serializers.Serializer):
+    eventId = serializers.UUIDField()
+    state = serializers.ChoiceField(choices=["pending", "delivered", "gave_up"], help_text="the event's state now")
+    attempt = DeliveryAttemptOutput(help_text="the attempt just made")
 
 
 def _error(description: str, schema: str = "Error") -> dict:

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.models import PRIORITIES
-from builds.services import gitsource
+from builds.services import callbacks, gitsource
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -248,6 +248,15 @@ class JobCreateInput(serializers.Serializer):
     sourceType = StrictString(required=False, default="git")
     sourceInfo = SourceInfoInput()
     buildConfig = BuildConfigInput(required=False, default=dict)
+    callbackUrl = StrictString(required=False, allow_blank=True, max_length=gitsource.MAX_URL_LENGTH)
+
+    def validate_callbackUrl(self, value):
+        if value:
+            try:
+                callbacks.check_callback_url(value)
+            except gitsource.SourceError as exc:
+                raise _source_error(exc)
+        return value
 
     def validate_sourceType(self, value):
         if value != "git":

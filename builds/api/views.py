@@ -1,5 +1,8 @@
 """HTTP endpoints (contract section 1). Thin: validate, call one service, present."""
 
+import hashlib
+import uuid
+
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -7,12 +10,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.api.errors import ApiError
-from builds.api.schema import ErrorOutput, JobListOutput, JobOutput, ValidationErrorOutput
+from builds.api.schema import (
+    DeliveriesOutput, ErrorOutput, JobListOutput, JobOutput, RedeliverInput, RedeliveryOutput, ValidationErrorOutput,
+)
 from builds.api.serializers import JobCreateInput
 from builds.dockerfile import check_build_config
 from builds.errors import UserError
-from builds.models import ACTIVE_STATUSES, PRIORITIES, Job, Status
-from builds.services import health, jobs, lifecycle, metrics, queue
+from builds.models import ACTIVE_STATUSES, PRIORITIES, CallbackEvent, Job, Status
+from builds.services import callbacks, health, jobs, lifecycle, metrics, queue
 
 MAX_PAGE = 200
 
@@ -146,6 +151,69 @@ class JobCancel(APIView):
         if not accepted:
             raise ApiError(409, "JOB_FINAL", f"the job already ended ({job.status})")
         return Response(jobs.job_json(job), status=status.HTTP_202_ACCEPTED)
+
+
+class JobDeliveries(APIView):
+    @extend_schema(
+        operation_id="jobs_deliveries_list",
+        summary="The job's webhook deliveries: each event and every attempt at it",
+        parameters=[JOB_ID],
+        responses={200: DeliveriesOutput, 401: UNAUTHORIZED, 404: NOT_FOUND},
+        tags=["webhooks"],
+    )
+    def get(self, request, job_id):
+        job = get_job(job_id)
+        return Response({"jobId": job.id, "results": callbacks.deliveries_json(job)})
+
+
+def requester(request) -> str:
+    """Who asked, for the audit record: the API token by a short hash (never the token)."""
+    token = request.auth if isinstance(request.auth, str) else ""
+    return f"api token {hashlib.sha256(token.encode()).hexdigest()[:8]}" if token else "api"
+
+
+class JobRedeliver(APIView):
+    @extend_schema(
+        operation_id="jobs_deliveries_redeliver",
+        summary="Send the job's webhook event once more",
+        description=(
+            "One new attempt at the event (the job's latest, or `eventId`), with the same event id and "
+            "body, signed afresh, made before the response is sent; whatever the event's state. The "
+            "attempt records who asked (`requestedBy`). A success marks a waiting or given-up event "
+            "delivered; a failure leaves the outbox's own retries as they were."
+        ),
+        parameters=[JOB_ID],
+        request=RedeliverInput,
+        responses={
+            200: OpenApiResponse(RedeliveryOutput, description="the attempt was made (see its httpStatus/error)"),
+            400: OpenApiResponse(ErrorOutput, description="eventId is not valid"),
+            401: UNAUTHORIZED,
+            404: OpenApiResponse(ErrorOutput, description="JOB_NOT_FOUND, or CALLBACK_EVENT_NOT_FOUND: the job "
+                                 "has no webhook event (it has not ended, or no callback URL was set)"),
+            409: OpenApiResponse(ErrorOutput, description="DELIVERY_IN_PROGRESS: an attempt is being made now"),
+        },
+        tags=["webhooks"],
+    )
+    def post(self, request, job_id):
+        job = get_job(job_id)
+        events = CallbackEvent.objects.filter(job=job)
+        body = request.data if isinstance(request.data, dict) else {}
+        if request.data and not isinstance(request.data, dict):
+            raise ApiError(400, "VALIDATION_ERROR", "the request body must be a JSON object")
+        if (event_id := body.get("eventId")) is not None:
+            try:
+                events = events.filter(pk=uuid.UUID(event_id if isinstance(event_id, str) else ""))
+            except ValueError:
+                raise ApiError(400, "VALIDATION_ERROR", "eventId must be a UUID") from None
+        event = events.order_by("-created_at", "-pk").first()
+        if event is None:
+            raise ApiError(404, "CALLBACK_EVENT_NOT_FOUND", "the job has no webhook event to deliver")
+        try:
+            attempt = callbacks.redeliver(event.pk, requested_by=requester(request))
+        except callbacks.DeliveryBusy:
+            raise ApiError(409, "DELIVERY_IN_PROGRESS", "an attempt at this event is being made now") from None
+        state = CallbackEvent.objects.filter(pk=event.pk).values_list("state", flat=True).get()
+        return Response({"eventId": str(event.pk), "state": state, "attempt": callbacks.attempt_json(attempt)})
 
 
 class RunningBuilds(APIView):

@@ -27,6 +27,10 @@ from builds.errors import TransientError, UserError
 
 _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
 _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+# A project's first build: there is no cache manifest to import yet. buildctl reports it as an
+# ERROR line and carries on; it is expected, so the log says what it means instead.
+_NO_CACHE_YET = re.compile(r"^#(\d+) ERROR: failed to configure registry cache importer: .*\bnot found\b")
+_STEP_DONE = re.compile(r"^#(\d+) (DONE|CACHED)\b")
 _CPU_PERIOD = 100_000
 
 
@@ -127,6 +131,14 @@ def docker_config_dir() -> Path | None:
     return directory
 
 
+def readable_line(line: str) -> str:
+    """buildctl's output line as the job's log shows it: expected, handled conditions in plain
+    words; every other line (its real errors included) as buildctl wrote it."""
+    if match := _NO_CACHE_YET.match(line):
+        return f"#{match[1]} no build cache yet for this project"
+    return line
+
+
 def read_digest(metadata_file: Path) -> str:
     try:
         return json.loads(metadata_file.read_text()).get("containerimage.digest", "")
@@ -142,25 +154,57 @@ class ProgressTracker:
         self.current: str | None = None
         self.failed_step: str | None = None
         self.failure: str | None = None
+        self.done: set[str] = set()  # numbers of the steps that ended
 
     def feed(self, line: str) -> None:
         if match := _STEP.match(line):
             self.steps[match[1]] = match[2]
             self.current = match[2]
+        elif match := _STEP_DONE.match(line):
+            self.done.add(match[1])
+        elif _NO_CACHE_YET.match(line):
+            pass  # not a failure of the build
         elif match := _STEP_ERROR.match(line):
             self.failed_step = self.steps.get(match[1], self.failed_step)
             self.failure = match[2]
+
+    def running_step(self) -> str | None:
+        """The Dockerfile step started last of those still running (buildctl prints an
+        earlier step's header again when it reports more of it), as failure.step names it."""
+        running = [name for number, name in self.steps.items() if number not in self.done]
+        return _failed_step_name(running[-1]) if running else None
 
     def progress(self) -> dict | None:
         if not self.current:
             return None
         position = re.match(r"\[(?:[^\]\s]+ )?(\d+)/(\d+)\]", self.current)
         if position:
-            return {"step": int(position[1]), "total": int(position[2]), "name": self.current.split("] ", 1)[-1]}
+            return {"step": int(position[1]), "total": int(position[2]), "name": _step_name(self.current)}
         return {"step": None, "total": None, "name": self.current}
 
 
+def _step_name(step: str) -> str:
+    return step.split("] ", 1)[-1]
+
+
+def _failed_step_name(step: str) -> str | None:
+    """The Dockerfile step a failed buildctl step stands for: BuildKit resolves a FROM image in
+    an "[internal] load metadata for <image>" step; other internal steps are no Dockerfile step."""
+    if step.startswith("[internal] "):
+        image = step.removeprefix("[internal] load metadata for ")
+        return f"FROM {image}" if image != step else None
+    return _step_name(step)
+
+
 def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
+    """The error for a failed buildctl run, naming the step that failed when buildctl said."""
+    error = _classify(tracker, tail)
+    if tracker.failed_step and error.step is None:
+        error.step = _failed_step_name(tracker.failed_step)
+    return error
+
+
+def _classify(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     output = "\n".join(tail)
     reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tracker.failure or (tail[-1] if tail else ""))
     reason = reason.removeprefix("error: ").strip()

@@ -14,14 +14,21 @@ import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
+from builds import errors
 from builds.models import CallbackAttempt, CallbackEvent, Job
+from builds.services import gitsource
+from builds.services.logs import mask_url_credentials
 
 log = logging.getLogger(__name__)
+# Who asked for a delivery by hand, and when: one line per request (the attempt row keeps it too).
+audit = logging.getLogger("builds.audit")
 
 
 def iso(value) -> str | None:
@@ -43,17 +50,43 @@ def outcome_payload(job: Job) -> dict:
         "logPath": f"/api/v1/jobs/{job.id}/logs",
         "errorCode": job.error_code or None,
         "error": job.error or None,
+        "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
         "retryCount": job.retry_count,
     }
 
 
+def check_callback_url(url: str) -> tuple[str, ...]:
+    """A job's own callbackUrl: http(s), no credentials, and a host that resolves to public
+    addresses only, unless CALLBACK_ALLOWED_HOSTS lists it (the rules of git URLs). Raises
+    gitsource.SourceError saying why; returns the addresses accepted (empty: listed by name)."""
+    if len(url) > gitsource.MAX_URL_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise gitsource.SourceError("callbackUrl must be a URL without spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise gitsource.SourceError("callbackUrl must be an http:// or https:// URL")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise gitsource.SourceError("callbackUrl has an invalid port") from None
+    if not host:
+        raise gitsource.SourceError("callbackUrl has no host")
+    if parts.username is not None or parts.password is not None:
+        raise gitsource.SourceError("callbackUrl must not carry credentials (requests are signed instead)")
+    if parts.fragment:
+        raise gitsource.SourceError("callbackUrl must not have a fragment")
+    repo = gitsource.Repository(url=url, scheme=parts.scheme, host=host.lower(), port=port)
+    return gitsource.check_host_allowed(repo, allowed=settings.CALLBACK_ALLOWED_HOSTS, what="callback host",
+                                        setting="CALLBACK_ALLOWED_HOSTS")
+
+
 def enqueue_outcome(job: Job) -> CallbackEvent | None:
     """Called inside the transaction that finalises the job."""
-    if not settings.CALLBACK_URL:
+    url = job.callback_url or settings.CALLBACK_URL
+    if not url:
         return None
     event = CallbackEvent.objects.create(
         job=job,
-        url=settings.CALLBACK_URL,
+        url=url,
         body=json.dumps(outcome_payload(job), separators=(",", ":")),
         next_attempt_at=timezone.now(),
     )
@@ -88,7 +121,13 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_RefuseRedirects)
 
 
-def _post(event: CallbackEvent) -> tuple[int | None, str]:
+def _post(event: CallbackEvent, job_url: bool) -> tuple[int | None, str]:
+    if job_url:
+        # Checked again at every attempt: the host's DNS answer may have changed since submit.
+        try:
+            check_callback_url(event.url)
+        except gitsource.SourceError as exc:
+            return None, f"refused: {exc}"
     body = event.body.encode()
     headers = {"Content-Type": "application/json", "X-Hubfly-Event-Id": str(event.id), "User-Agent": "hubfly-builder"}
     if settings.CALLBACK_SECRET:
@@ -117,12 +156,8 @@ def deliver(event_id) -> bool:
     )
     if not claimed:
         return False
-    event = CallbackEvent.objects.get(pk=event_id)
-    started = time.monotonic()
-    status, error = _post(event)
-    elapsed_ms = int((time.monotonic() - started) * 1000)
-    ok = status is not None and 200 <= status < 300
-    CallbackAttempt.objects.create(event=event, http_status=status, error=error, duration_ms=elapsed_ms)
+    event = CallbackEvent.objects.select_related("job").get(pk=event_id)
+    ok, status, error = _attempt(event)
     attempts = event.attempts + 1
     now = timezone.now()
     if ok:
@@ -143,8 +178,83 @@ def deliver(event_id) -> bool:
     return False
 
 
+def _attempt(event: CallbackEvent, requested_by: str = "") -> tuple[bool, int | None, str]:
+    """Post the event once and record the attempt: (delivered, HTTP status, error)."""
+    started = time.monotonic()
+    status, error = _post(event, job_url=bool(event.job.callback_url) and event.url == event.job.callback_url)
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    CallbackAttempt.objects.create(event=event, http_status=status, error=error, duration_ms=elapsed_ms,
+                                   requested_by=requested_by)
+    return status is not None and 200 <= status < 300, status, error
+
+
+class DeliveryBusy(Exception):
+    """An attempt at this event is being made right now."""
+
+
+def redeliver(event_id, *, requested_by: str) -> CallbackAttempt:
+    """One new attempt at an event, whatever its state (delivered, given up or waiting), with the
+    same event id and body, signed afresh. Claimed like the outbox's own attempts, so it never
+    overlaps one; raises DeliveryBusy when one is under way. A success marks a waiting or
+    given-up event delivered; a failure leaves the outbox's schedule as it was."""
+    now = timezone.now()
+    lock_for = timedelta(seconds=settings.CALLBACK_TIMEOUT_SECONDS + 30)
+    if not CallbackEvent.objects.filter(pk=event_id).exclude(locked_until__gt=now).update(locked_until=now + lock_for):
+        raise DeliveryBusy()
+    event = CallbackEvent.objects.select_related("job").get(pk=event_id)
+    audit.info("callback %s of job %s: redelivery requested by %s", event.pk, event.job_id, requested_by)
+    try:
+        ok, status, error = _attempt(event, requested_by)
+    except BaseException:
+        CallbackEvent.objects.filter(pk=event.pk).update(locked_until=None)
+        raise
+    # One update with the unlock: the outbox must not find the event pending and free between
+    # the two. attempts counts from the row as it is now.
+    fields = {"attempts": F("attempts") + 1, "locked_until": None}
+    if ok:
+        fields.update(state=CallbackEvent.State.DELIVERED, last_error="")
+        if event.state != CallbackEvent.State.DELIVERED:
+            fields["delivered_at"] = timezone.now()
+    else:
+        fields["last_error"] = error or f"HTTP {status}"
+    CallbackEvent.objects.filter(pk=event.pk).update(**fields)
+    audit.info("callback %s of job %s: redelivery by %s %s", event.pk, event.job_id, requested_by,
+               f"answered HTTP {status}" if ok else f"failed: {error or status}")
+    return event.attempt_log.order_by("-at", "-pk").first()
+
+
 def deliver_due(limit: int = 100) -> int:
     due = CallbackEvent.objects.filter(
         state=CallbackEvent.State.PENDING, next_attempt_at__lte=timezone.now()
     ).order_by("next_attempt_at").values_list("pk", flat=True)[:limit]
     return sum(1 for event_id in list(due) if deliver(event_id))
+
+
+def attempt_json(attempt: CallbackAttempt) -> dict:
+    return {
+        "at": iso(attempt.at),
+        "httpStatus": attempt.http_status,
+        "error": attempt.error or None,
+        "durationMs": attempt.duration_ms,
+        "requestedBy": attempt.requested_by or None,
+    }
+
+
+def deliveries_json(job: Job) -> list[dict]:
+    """The job's webhook events, oldest first, each with every attempt made."""
+    events = list(job.callback_events.order_by("created_at", "pk"))
+    attempts: dict = {}
+    for attempt in CallbackAttempt.objects.filter(event__in=events).order_by("at", "pk"):
+        attempts.setdefault(attempt.event_id, []).append(attempt_json(attempt))
+    return [
+        {
+            "eventId": str(event.pk),
+            "url": mask_url_credentials(event.url),
+            "state": event.state,
+            "createdAt": iso(event.created_at),
+            "deliveredAt": iso(event.delivered_at),
+            "nextAttemptAt": iso(event.next_attempt_at) if event.state == CallbackEvent.State.PENDING else None,
+            "attempts": attempts.get(event.pk, []),
+        }
+        for event in events
+    ]

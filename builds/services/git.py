@@ -40,6 +40,9 @@ _AUTH = re.compile(r"authentication failed|returned error: 40[13]|permission den
 _MISSING_REF = re.compile(r"couldn't find remote ref|not our ref|no such remote ref|unadvertised object", re.I)
 _FULL_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
 _REDIRECT = re.compile(r"returned error: 30\d", re.I)
+# git's words for a server that cannot send a shallow history (a dumb HTTP server): handled by
+# fetching the whole history, so the log says that instead of git's "fatal:" line.
+_NO_SHALLOW = re.compile(r"does not support shallow", re.I)
 # Every file and directory counts as at least one filesystem block: a million empty files
 # fill a disk (its inodes) too.
 _BLOCK = 4096
@@ -239,7 +242,11 @@ class Fetcher:
         self.git("checkout", "-q", "--detach", commit)
 
     def _shallow_fetch(self, url: str, what: str, *, check: bool) -> process.Result:
-        result = self.git("fetch", "--depth=1", "--no-tags", "--", url, what, check=False)
+        def line(text: str) -> None:
+            if not _NO_SHALLOW.search(text):
+                self.log.line(text)
+
+        result = self.git("fetch", "--depth=1", "--no-tags", "--", url, what, check=False, line=line)
         if result.returncode != 0 and any("shallow" in line for line in result.tail):
             self.log.line("the server cannot send shallow history; fetching it whole")
             result = self.git("fetch", "--no-tags", "--", url, what, check=False)

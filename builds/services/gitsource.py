@@ -91,14 +91,13 @@ def _is_ipv6(host: str) -> bool:
     return True
 
 
-def _host_is_listed(host: str, port: int | None) -> bool:
-    allowed = settings.GIT_ALLOWED_HOSTS
+def _host_is_listed(host: str, port: int | None, allowed: list[str]) -> bool:
     return host in allowed or (port is not None and f"{host}:{port}" in allowed)
 
 
-def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _allowed_networks(allowed: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     networks = []
-    for entry in settings.GIT_ALLOWED_HOSTS:
+    for entry in allowed:
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
@@ -120,40 +119,45 @@ def carried_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
     return address
 
 
-def address_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def address_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: list[str] | None = None) -> bool:
     """True for addresses a fetch must not connect to: anything but public unicast, judged by
-    the IPv4 address an IPv6 one carries, unless GIT_ALLOWED_HOSTS lists it (or its network)."""
+    the IPv4 address an IPv6 one carries, unless `allowed` (GIT_ALLOWED_HOSTS by default) lists
+    it or its network."""
     carried = carried_address(address)
-    if any(a in network for network in _allowed_networks() for a in (address, carried)):
+    networks = _allowed_networks(settings.GIT_ALLOWED_HOSTS if allowed is None else allowed)
+    if any(a in network for network in networks for a in (address, carried)):
         return False
     if any(carried in network for network in _NOT_GLOBAL):
         return True
     return not carried.is_global or carried.is_multicast
 
 
-def check_host_allowed(repo: Repository) -> tuple[str, ...]:
+def check_host_allowed(repo: Repository, *, allowed: list[str] | None = None, what: str = "git host",
+                       setting: str = "GIT_ALLOWED_HOSTS") -> tuple[str, ...]:
     """Refuse hosts that resolve to loopback, private, link-local or otherwise internal
-    addresses, unless GIT_ALLOWED_HOSTS lists the host or the addresses. Returns the addresses
-    accepted, for the fetch to connect to; empty for a host listed by name (any address will do)."""
-    if _host_is_listed(repo.host, repo.port):
+    addresses, unless `allowed` (GIT_ALLOWED_HOSTS by default; `setting` names it in the
+    message) lists the host or the addresses. Returns the addresses accepted, for the fetch to
+    connect to; empty for a host listed by name (any address will do)."""
+    allowed = settings.GIT_ALLOWED_HOSTS if allowed is None else allowed
+    if _host_is_listed(repo.host, repo.port, allowed):
         return ()
     try:
         infos = socket.getaddrinfo(repo.host, repo.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError, OSError):
-        raise SourceError(f"git host {repo.host!r} does not resolve") from None
+        raise SourceError(f"{what} {repo.host!r} does not resolve") from None
     accepted: list[str] = []
     for info in infos:
         text = info[4][0]
         address = ipaddress.ip_address(text)
-        if "%" in text or address_refused(address):
+        if "%" in text or address_refused(address, allowed):
             raise SourceError(
-                f"git host {repo.host!r} resolves to a non-public address ({address}); "
-                "list it in GIT_ALLOWED_HOSTS to allow it"
+                f"{what} {repo.host!r} resolves to a non-public address ({address}); "
+                f"list it in {setting} to allow it"
             )
         if text not in accepted:
             accepted.append(text)
     if not accepted:
-        raise SourceError(f"git host {repo.host!r} does not resolve")
+        raise SourceError(f"{what} {repo.host!r} does not resolve")
     return tuple(accepted)
 
 

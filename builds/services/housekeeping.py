@@ -96,5 +96,6 @@ def prune_broker() -> int:
 def prune() -> dict:
     result = {"log_chunks": prune_logs(), "secrets": prune_secrets(), "workspaces": prune_workspaces(),
               "broker_rows": prune_broker()}
-    log.info("housekeeping: %s", result)
+    if any(result.values()):
+        log.info("housekeeping: %s", result)
     return result

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
+from builds import errors
 from builds.errors import BuildError
 from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
 from builds.services import dispatch, lifecycle, logs, queue
@@ -121,6 +122,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                     build_config=build_config,
                     secret_values=seal_secrets(secrets),
                     request_fingerprint=digest,
+                    callback_url=data.get("callbackUrl") or "",
                     priority=PRIORITIES[build_config.get("priority") or "normal"],
                     enqueued_at=Now(),  # the database's clock, as the reaper compares it
                 )
@@ -218,7 +220,9 @@ def job_json(job: Job, places: dict | None = None) -> dict:
         "retryCount": job.retry_count,
         "errorCode": job.error_code or None,
         "error": job.error or None,
+        "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
         "logPath": f"/api/v1/jobs/{job.id}/logs",
+        "callbackUrl": job.callback_url or None,
         "progress": job.progress,
         "createdAt": iso(job.created_at),
         "updatedAt": iso(job.updated_at),

@@ -121,6 +121,7 @@ def job_finish(
     error_code: str = "",
     error: str = "",
     image_digest: str = "",
+    failure_step: str = "",
     from_statuses=ACTIVE_STATUSES,
 ) -> bool:
     """Move the job to a final status and queue its one callback, in one transaction. A job
@@ -128,21 +129,23 @@ def job_finish(
     query = Job.objects.filter(pk=job_id, status__in=from_statuses)
     if lease is not None:
         query = query.filter(lease=lease)
-    return _finish(job_id, query, status=status, error_code=error_code, error=error, image_digest=image_digest)
+    return _finish(job_id, query, status=status, error_code=error_code, error=error, image_digest=image_digest,
+                   failure_step=failure_step)
 
 
-def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error: str, image_digest: str = "") -> bool:
+def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error: str, image_digest: str = "",
+            failure_step: str = "") -> bool:
     assert status in FINAL_STATUSES
     fields = dict(
         status=Value(status), error_code=Value(error_code), error=Value(error[:2000]), finished_at=Now(),
-        updated_at=Now(), lease=None, progress=None,
+        updated_at=Now(), lease=None, progress=None, failure_step=Value(failure_step[:512]),
     )
     if image_digest:
         fields["image_digest"] = Value(image_digest)
     if status != Status.CANCELED:
         # Decided in the update itself: a cancel flagged a moment ago still counts.
         overrides = {"status": Status.CANCELED, "error_code": "CANCELED", "error": "canceled by request",
-                     "image_digest": ""}
+                     "image_digest": "", "failure_step": ""}
         for name in list(fields):
             if name in overrides:
                 fields[name] = Case(When(_CANCEL_REQUESTED, then=Value(overrides[name])), default=fields[name])

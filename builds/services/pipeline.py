@@ -167,7 +167,7 @@ class BuildDirector:
 
         def on_line(text: str) -> None:
             self.tracker.feed(text)
-            self.log.line(text)
+            self.log.line(buildkit.readable_line(text))
 
         result = process.run(
             argv, guard=self.guard, env=buildkit.buildctl_env(secret_env), line=on_line, tick=self.log.tick,
@@ -243,7 +243,7 @@ class BuildDirector:
         except BuildTimedOut:
             message = f"the job exceeded its timeout of {self.timeout} seconds"
             self.log.line(f"build stopped: {message} (counted from its first start, across retries)")
-            self._finish(Status.FAILED, "TIMEOUT", message)
+            self._finish(Status.FAILED, "TIMEOUT", message, step=self.tracker.running_step() or "")
             return Outcome()
         except BuildError as exc:
             return self._failed(exc)
@@ -282,18 +282,18 @@ class BuildDirector:
             if lifecycle.cancel_requested(job.id):
                 self.log.line("not retried: the job was canceled meanwhile")
             return Outcome()
-        self._finish(Status.FAILED, exc.code, exc.message)
+        self._finish(Status.FAILED, exc.code, exc.message, step=exc.step or "")
         return Outcome()
 
     def _internal_error(self, exc: Exception) -> None:
         log.exception("job %s: unexpected error", self.job.id)
         self.log.lines("internal error:\n" + traceback.format_exc(limit=8))
-        self._finish(Status.FAILED, "INTERNAL_ERROR", f"internal error: {type(exc).__name__}")
+        self._finish(Status.FAILED, errors.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
 
-    def _finish(self, status: str, code: str, message: str) -> None:
+    def _finish(self, status: str, code: str, message: str, step: str = "") -> None:
         self.log.flush()
         self._db(lambda: lifecycle.job_finish(job_id=self.job.id, lease=self.lease, status=status, error_code=code,
-                                              error=message))
+                                              error=message, failure_step=step))
 
     def _db(self, call):
         """A final write of the attempt, tried again through a transient database error: each

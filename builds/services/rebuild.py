@@ -36,4 +36,5 @@ def rebuild_request(job: Job) -> dict:
         "sourceType": job.source_type,
         "sourceInfo": dict(job.source_info or {}),
         "buildConfig": jobs.build_config_with_secrets(job),
+        **({"callbackUrl": job.callback_url} if job.callback_url else {}),
     }
