@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 # Run in this order; api leaves the instance's worker stopped, and faults (which restarts the
 # instance with short leases) comes after it so no other figure runs on those settings.
 BENCHES = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants",
-           "api", "faults")
+           "api", "memory", "faults")
 DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api", "faults")
 
 
@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "only if it is cached already)")
     parser.add_argument("--patch-vfork", action="store_true",
                         help="experiment: start the worker's commands via setpriv, without preexec_fn (bench/patches)")
+    parser.add_argument("--memory-before", default="", metavar="REV",
+                        help="memory: measure the process set of this git revision beside this checkout's "
+                             "(default: this checkout with bench/procfiles/before.Procfile)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(DEFAULT)
@@ -80,7 +83,7 @@ def base_images_wanted(args) -> bool:
 MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
            "rebuild": "rebuild",
            "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload",
-           "faults": "faults"}
+           "memory": "memory", "faults": "faults"}
 NO_INSTANCE = ("git", "fairqueue", "webvariants")  # these start what they measure themselves
 INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
 
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
     receiver = Receiver()
     git_server = GitServer(run_dir / "git")
     ctx = Context(short=args.short, root=root, infra=infra, receiver=receiver, git=git_server, base_images=False)
+    ctx.memory_before = args.memory_before
     servers = []
     if args.scaleout:
         from tests.support import scaleout
@@ -132,15 +136,16 @@ def main(argv=None) -> int:
     base_env = instance_env(args)
     current: dict = {"env": None}
 
-    def restart(extra: dict | None = None) -> None:
-        """(Re)start the instance unless it already runs with this environment."""
+    def restart(extra: dict | None = None, tree: Path = REPO_ROOT) -> None:
+        """(Re)start the instance unless it already runs with this environment (and checkout)."""
         env = {"MAX_CONCURRENT_BUILDS": "3", **base_env, **(extra or {})}  # 3: the service's default
-        if ctx.instance is not None and current["env"] == env:
+        if ctx.instance is not None and current["env"] == env and ctx.instance.tree == tree:
             return
         if ctx.instance is not None:
             ctx.instance.stop()
         t = time.monotonic()
-        ctx.instance = Instance(data_dir=run_dir / "instance", infra=infra, callback_url=receiver.url, env=env)
+        ctx.instance = Instance(data_dir=run_dir / "instance", infra=infra, callback_url=receiver.url, env=env,
+                                tree=tree)
         ctx.instance.start()
         current["env"] = env
         shown = ", ".join(f"{k}={v}" for k, v in env.items() if not k.endswith(("_URL", "PATH")))
@@ -166,12 +171,12 @@ def main(argv=None) -> int:
         for name in args.benches:
             t = time.monotonic()
             print(f"\n== {name} ==  (load average {support.load_average()})", flush=True)
-            if name not in NO_INSTANCE + INFRA_ONLY + ("throughput", "faults") and ctx.instance is None:
+            if name not in NO_INSTANCE + INFRA_ONLY + ("throughput", "faults", "memory") and ctx.instance is None:
                 restart()
             module = importlib.import_module(f"bench.{MODULES[name]}")
             if name == "rebuild":
                 module.run(ctx, args.app)
-            elif name in ("throughput", "faults"):
+            elif name in ("throughput", "faults", "memory"):
                 module.run(ctx, restart)
             else:
                 module.run(ctx)

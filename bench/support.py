@@ -332,7 +332,9 @@ class Instance:
     """hubfly-builder started with `scripts/run` (registry + buildkitd reachable already, so it
     starts web, worker and beat), in a process group of its own that stop() ends."""
 
-    def __init__(self, *, data_dir: Path, infra: Infra, callback_url: str, env: dict[str, str] | None = None):
+    def __init__(self, *, data_dir: Path, infra: Infra, callback_url: str, env: dict[str, str] | None = None,
+                 tree: Path = REPO_ROOT):
+        self.tree = tree  # the checkout whose scripts/run starts the instance
         self.data_dir = data_dir
         self.infra = infra
         self.callback_url = callback_url
@@ -366,7 +368,7 @@ class Instance:
         (self.data_dir / "log").mkdir(parents=True, exist_ok=True)
         self.output = self.data_dir / "log" / f"run-{time.time_ns()}.log"
         self.proc = subprocess.Popen(
-            ["bash", str(REPO_ROOT / "scripts/run")], cwd=REPO_ROOT, env=self.environment(),
+            ["bash", str(self.tree / "scripts/run")], cwd=self.tree, env=self.environment(),
             stdin=subprocess.DEVNULL, stdout=open(self.output, "wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -430,13 +432,11 @@ class Instance:
 
     def worker_pids(self) -> list[int]:
         """The build worker's main process and its pool processes (not the git/buildctl they run)."""
-        return self._pids(lambda c: "celery" in c and " worker" in c and "maintenance" not in c
-                          and not c.startswith(("/bin/sh", "sh ")))
+        return self._pids(lambda c: is_worker(c) and "maintenance" not in c)
 
     def maintenance_pids(self) -> list[int]:
         """A separate maintenance worker, where the Procfile has one."""
-        return self._pids(lambda c: "celery" in c and " worker" in c and "maintenance" in c
-                          and not c.startswith(("/bin/sh", "sh ")))
+        return self._pids(lambda c: is_worker(c) and "maintenance" in c)
 
     def beat_pids(self) -> list[int]:
         return self._pids(lambda c: "celery" in c and " beat" in c and not c.startswith(("/bin/sh", "sh ")))
@@ -447,6 +447,12 @@ class Instance:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def is_worker(line: str) -> bool:
+    """A Celery worker's command line: `celery ... worker` or `python -m hubfly.worker`."""
+    return (("celery" in line and " worker" in line) or "hubfly.worker" in line) \
+        and not line.startswith(("/bin/sh", "sh "))
 
 
 def rss_mb(pids: list[int]) -> float:

@@ -6,4 +6,7 @@ class BuildsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        # The Celery app before any task is published: shared_task binds to the current app.
+        import hubfly.celery  # noqa: F401
+
         from . import signals  # noqa: F401  (worker start-up hooks)

@@ -51,6 +51,15 @@ def _die_with_worker(**_):
 
 
 @worker_ready.connect
+def _warm_up_broker(**_):
+    # A threads pool (the Procfile's) publishes callbacks from this process, which no
+    # worker_process_init reaches.
+    from builds.services import dispatch
+
+    threading.Thread(target=dispatch.warm_up, name="broker-warm-up", daemon=True).start()
+
+
+@worker_ready.connect
 def _take_back_jobs_of_dead_local_workers(**_):
     from builds.services import reaper
 

@@ -1,5 +1,11 @@
-"""Django project wiring for hubfly-builder; the Celery app is loaded with Django."""
+"""Django project wiring for hubfly-builder. The Celery app (hubfly.celery) is loaded when
+Django starts (builds.apps), not on import of this package: hubfly.localservices and the web
+server's master process use the package without Django or Celery."""
 
-from .celery import app as celery_app
 
-__all__ = ("celery_app",)
+def __getattr__(name):
+    if name == "celery_app":
+        from .celery import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,7 +62,9 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or ["*"]
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin's modules are loaded by hubfly/urls.py, in the web process only: a worker that
+    # imported them would carry the API's views and DRF (~18 MB a process) for nothing.
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -89,9 +89,10 @@ class Worker:
     """A real `celery worker` process on the test's broker and database."""
 
     def __init__(self, name: str, concurrency: int = 2, extra_env: dict | None = None, queue: str = "builds",
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), entry: tuple[str, ...] = ("-m", "celery", "-A", "hubfly", "worker")):
         self.name, self.concurrency, self.extra_env, self.queue = name, concurrency, extra_env or {}, queue
         self.args = args  # more `celery worker` options
+        self.entry = entry  # or ("-m", "hubfly.worker"), as configs/Procfile starts it
         self.start()
 
     def start(self) -> None:
@@ -100,7 +101,7 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.extra_env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "hubfly", "worker", "--queues", self.queue,
+            [sys.executable, *self.entry, "--queues", self.queue,
              "--concurrency", str(concurrency),
              "--pool", "prefork", "--loglevel", os.environ.get("HUBFLY_TEST_WORKER_LOGLEVEL", "INFO"), "-n", f"{name}@%h", "--without-heartbeat", *self.args],
             cwd=REPO_ROOT, env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,

@@ -229,3 +229,12 @@ def test_registry_auth_writes_an_htpasswd_for_the_generated_credentials(tmp_path
     # Run again: the same credentials, not new ones.
     subprocess.run(argv, cwd=REPO_ROOT, env=env, check=True)
     assert credentials.read_text().strip() == f"{username}:{password}"
+
+
+def test_localservices_loads_neither_django_nor_celery():
+    """It waits beside the service for as long as the service runs (scripts/run): the Celery app
+    the hubfly package used to load on import was ~15 MB of it."""
+    probe = "import sys, hubfly.localservices; print(sorted({'django', 'celery', 'kombu'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "DJANGO_SETTINGS_MODULE": "hubfly.settings"})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

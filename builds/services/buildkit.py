@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def docker_config_dir() -> Path | None:
     directory = settings.DATA_DIR / "docker"
     if _written_config != text:
         directory.mkdir(mode=0o700, exist_ok=True)
-        tmp = directory / f"config.json.{os.getpid()}"
+        # A name of this thread's own: the slots of a threads pool write it at once after a start.
+        tmp = directory / f"config.json.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

@@ -5,6 +5,10 @@ together) streamed line by line into the job log as it arrives, and a wake-up se
 second to renew the lease, notice a cancel, and enforce the deadline. On any exit the whole
 process group is killed, and the kernel kills the command if the worker process dies
 (PR_SET_PDEATHSIG), so no orphan keeps building a job that another worker will take.
+
+The parent-death signal follows the *thread* that started the command, not the process: run()
+starts the command and waits for it in the same call, so in a threads pool (the Procfile's) the
+starting thread outlives the command, and a command never runs beyond the call that owns it.
 """
 
 import ctypes
