@@ -196,13 +196,16 @@ def masked_build_config(job: Job) -> dict:
     return config
 
 
-def job_json(job: Job, places: dict | None = None) -> dict:
-    """The job as the API shows it. `places` (queue.places()) saves computing the queue's
-    order once per pending job when presenting many."""
+def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> dict:
+    """The job as the API shows it. `places`: the queue's places (default: queue.cached_places()).
+    `placed=False` (a job just created): its reason to wait, but no position, which would cost
+    placing every waiting job once per creation."""
     queue_place = None
-    if job.status == Status.PENDING:
+    if job.status == Status.PENDING and not placed:
+        queue_place = {"position": None, "ahead": None, "reason": queue.waiting_reason(job.user_id, job.project_id)}
+    elif job.status == Status.PENDING:
         if places is None:
-            places = queue.places(job.id)
+            places = queue.cached_places()
         queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
     return {
         "id": job.id,
