@@ -313,11 +313,12 @@ def cached_places() -> dict[str, dict]:
 def waiting_reason(user_id: str, project_id: str) -> str:
     """Why a job of this user and project that may start by time would wait now: the reason
     `places` gives it, without placing it among the others."""
-    users, projects = {user_id}, {project_id}
-    active = Job.objects.filter(status__in=ACTIVE_STATUSES)
-    state = Tenants(limits_for(users, projects),
-                    Counter({user_id: active.filter(user_id=user_id).count()}),
-                    Counter({project_id: active.filter(project_id=project_id).count()}), {}, {})
+    counts = Job.objects.filter(status__in=ACTIVE_STATUSES).aggregate(
+        user=Count("pk", filter=Q(user_id=user_id)), project=Count("pk", filter=Q(project_id=project_id)))
+    if not counts["user"] and not counts["project"]:
+        return SLOTS_BUSY  # a limit is at least 1 (0: none), so nothing running holds it back
+    state = Tenants(limits_for({user_id}, {project_id}), Counter({user_id: counts["user"]}),
+                    Counter({project_id: counts["project"]}), {}, {})
     return state.blocked(user_id, project_id) or SLOTS_BUSY
 
 
