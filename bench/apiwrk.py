@@ -230,6 +230,7 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
+        shutil.rmtree(root, ignore_errors=True)
     print(f"\nsummary (best round per variant; load average at end {loadavg()}):")
     for figure, _, _ in figures:
         best = {name: max(results[(figure, name)], key=lambda r: r["rate"]) for name in servers}
@@ -240,7 +241,6 @@ def main() -> int:
                            f"{cpu[name] / cpu['lean']:.2f}x less CPU" for name, r in best.items()
                            if name != "lean" and "lean" in best and r["rate"] and cpu["lean"])
         print(f"  {figure}: {line}{'; ' + ratios if ratios else ''}")
-    shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
