@@ -5,7 +5,8 @@ application of its own (builds.api.logstream.serve_logs), where a follower is a 
 its job's one shared reader, not a thread with a database connection of its own. Every other
 request (the JSON API, the admin, static files) runs Django as WSGI in a pool of WEB_THREADS
 threads: one hand-off per request instead of several, and each thread keeps its database
-connection between requests (CONN_MAX_AGE). Measured in bench/RESULTS.md.
+connection between requests (CONN_MAX_AGE). Reads of jobs are answered in front of Django's
+handler when they succeed (builds.api.reads). Measured in bench/RESULTS.md.
 
 Neither half reads a request body before it is checked: the WSGI half reads lazily (the size
 limit and the token come first), and the log route refuses any body unread.
@@ -18,9 +19,12 @@ from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubfly.settings")
-threaded = WSGIMiddleware(get_wsgi_application(), workers=settings.WEB_THREADS)  # sets Django up first
+django_app = get_wsgi_application()  # sets Django up first
 
 from builds.api.logstream import LOG_PATH, refuse_request_body, serve_logs  # noqa: E402
+from builds.api.reads import LeanReads  # noqa: E402
+
+threaded = WSGIMiddleware(LeanReads(django_app), workers=settings.WEB_THREADS)
 
 streaming = refuse_request_body(serve_logs)
 

@@ -146,6 +146,9 @@ WHITENOISE_AUTOREFRESH = False
 # Threads of a web process that run the JSON API and the admin (hubfly/asgi.py); log streams
 # do not take one.
 WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
+# GET of a job and of the job list answered without Django's middleware and DRF
+# (builds.api.reads); off only to measure the difference (bench/apiwrk.py).
+API_LEAN_READS = env_bool("API_LEAN_READS", True)
 # Live log followers one web process serves at once (more get 429); they share one reader per
 # job and hold no thread or database connection each (builds.services.follow).
 MAX_LOG_FOLLOWERS = env_int("MAX_LOG_FOLLOWERS", 500, minimum=1)

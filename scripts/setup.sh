@@ -16,10 +16,10 @@ needs="git:git runc:runc docker-registry:docker-registry curl:curl iptables:ipta
   /usr/lib/cni/bridge:containernetworking-plugins"
 # Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis and
 # RabbitMQ, drive the admin in a headless browser, and run docker-compose.yml on a Docker engine
-# of their own (scripts/compose-test).
+# of their own (scripts/compose-test); bench/apiwrk.py loads the API with wrk.
 [ $dev = 1 ] && needs="$needs debootstrap:debootstrap redis-server:redis-server chromium:chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
   /usr/lib/postgresql/15/bin/postgres:postgresql /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server \
-  /usr/sbin/dockerd:docker.io /usr/bin/docker-compose:docker-compose"
+  /usr/sbin/dockerd:docker.io /usr/bin/docker-compose:docker-compose wrk:wrk"
 missing=()
 for pair in $needs; do
   binary=${pair%:*} package=${pair##*:}

@@ -118,6 +118,24 @@ def fetch_in_process(url: str) -> str:
         shutil.rmtree(director.workspace, ignore_errors=True)
 
 
+def test_submit_check_reuses_a_dns_answer_briefly_and_judges_it_anew(settings, monkeypatch):
+    """A burst of creations naming one host asks DNS once; the worker's check asks again."""
+    monkeypatch.setattr(gitsource, "_resolved", {})
+    settings.GIT_ALLOWED_HOSTS = ["127.0.0.2"]
+    asked = fake_resolver(monkeypatch, {"localhost": "127.0.0.2"}, then_real=True)
+    repo = gitsource.parse_repository("http://localhost:8418/app.git")
+    for _ in range(3):
+        assert gitsource.check_host_allowed(repo, max_age_seconds=10) == ("127.0.0.2",)
+    assert asked == ["localhost"]
+    settings.GIT_ALLOWED_HOSTS = []  # the rules apply to a reused answer as to a new one
+    with pytest.raises(gitsource.SourceError, match="non-public address"):
+        gitsource.check_host_allowed(repo, max_age_seconds=10)
+    settings.GIT_ALLOWED_HOSTS = ["127.0.0.2"]
+    # The worker's check (no reuse) asks again: the system's answer, 127.0.0.1, is refused here.
+    with pytest.raises(gitsource.SourceError, match=r"non-public address \(127\.0\.0\.1\)"):
+        gitsource.check_host_allowed(repo)
+
+
 @pytest.mark.usefixtures("live_db")
 def test_name_rebound_between_check_and_fetch_is_fetched_from_the_checked_address(settings, monkeypatch):
     """'localhost' answers 127.0.0.2 (allowed) to the check and then resolves as the system says,

@@ -97,7 +97,7 @@ class SourceInfoInput(serializers.Serializer):
     def validate_gitRepository(self, value):
         try:
             repo = gitsource.parse_repository(value)
-            gitsource.check_host_allowed(repo)
+            gitsource.check_host_allowed(repo, max_age_seconds=gitsource.SUBMIT_DNS_CACHE_SECONDS)
         except gitsource.SourceError as exc:
             raise _source_error(exc)
         return value

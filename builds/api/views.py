@@ -74,7 +74,8 @@ class JobListCreate(APIView):
             job, created = jobs.job_create(data=data.validated_data)
         except jobs.JobConflict:
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
-        return Response(jobs.job_json(job), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(jobs.job_json(job, placed=not created),
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
         operation_id="jobs_list",
@@ -108,7 +109,7 @@ class JobListCreate(APIView):
         offset = _int_param(request, "offset", 0, 0)
         count = query.count()
         page = list(query[offset : offset + limit])
-        places = queue.places() if any(job.status == Status.PENDING for job in page) else {}
+        places = queue.cached_places() if any(job.status == Status.PENDING for job in page) else {}
         results = [jobs.job_json(job, places) for job in page]
         return Response({"count": count, "limit": limit, "offset": offset, "results": results})
 

@@ -9,6 +9,7 @@ changes again between the check and the fetch is never used.
 import ipaddress
 import re
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,6 +25,11 @@ _SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._~-]+)@(?P<host>[A-Za-z0-9.-]+|\[[
 _SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 MAX_URL_LENGTH = 2048
+# The API's check may reuse a host's answer this long (a burst of creations names the same
+# host); the worker's check before a fetch always asks again.
+SUBMIT_DNS_CACHE_SECONDS = 10.0
+_MAX_CACHED_HOSTS = 1024
+_resolved: dict[tuple[str, int], tuple[float, list]] = {}
 
 
 class SourceError(ValueError):
@@ -132,17 +138,34 @@ def address_refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allo
     return not carried.is_global or carried.is_multicast
 
 
+def _getaddrinfo(host: str, port: int, max_age_seconds: float) -> list:
+    """socket.getaddrinfo, or its answer of at most max_age_seconds ago (answers only: a
+    failure is asked again)."""
+    key = (host, port)
+    cached = _resolved.get(key)
+    now = time.monotonic()
+    if cached and now - cached[0] < max_age_seconds:
+        return cached[1]
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    if max_age_seconds > 0:
+        if len(_resolved) >= _MAX_CACHED_HOSTS:
+            _resolved.clear()
+        _resolved[key] = (now, infos)
+    return infos
+
+
 def check_host_allowed(repo: Repository, *, allowed: list[str] | None = None, what: str = "git host",
-                       setting: str = "GIT_ALLOWED_HOSTS") -> tuple[str, ...]:
+                       setting: str = "GIT_ALLOWED_HOSTS", max_age_seconds: float = 0) -> tuple[str, ...]:
     """Refuse hosts that resolve to loopback, private, link-local or otherwise internal
     addresses, unless `allowed` (GIT_ALLOWED_HOSTS by default; `setting` names it in the
     message) lists the host or the addresses. Returns the addresses accepted, for the fetch to
-    connect to; empty for a host listed by name (any address will do)."""
+    connect to; empty for a host listed by name (any address will do).
+    `max_age_seconds`: how old a DNS answer may be reused (the rules apply to it anew)."""
     allowed = settings.GIT_ALLOWED_HOSTS if allowed is None else allowed
     if _host_is_listed(repo.host, repo.port, allowed):
         return ()
     try:
-        infos = socket.getaddrinfo(repo.host, repo.port or 443, proto=socket.IPPROTO_TCP)
+        infos = _getaddrinfo(repo.host, repo.port or 443, max_age_seconds)
     except (socket.gaierror, UnicodeError, OSError):
         raise SourceError(f"{what} {repo.host!r} does not resolve") from None
     accepted: list[str] = []

@@ -109,29 +109,30 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
     Returns (job, created); the same request again returns the existing job."""
     build_config, secrets = _split_secrets(data.get("buildConfig") or {})
     digest = fingerprint({**data, "buildConfig": build_config} if secrets else data)
-    existing = Job.objects.filter(pk=data["id"]).first()
-    if existing is None:
-        try:
-            with transaction.atomic():
-                job = Job.objects.create(
-                    id=data["id"],
-                    project_id=data["projectId"],
-                    user_id=data["userId"],
-                    source_type=data.get("sourceType", "git"),
-                    source_info=data["sourceInfo"],
-                    build_config=build_config,
-                    secret_values=seal_secrets(secrets),
-                    request_fingerprint=digest,
-                    callback_url=data.get("callbackUrl") or "",
-                    priority=PRIORITIES[build_config.get("priority") or "normal"],
-                    enqueued_at=Now(),  # the database's clock, as the reaper compares it
-                )
-                logs.append_text(job.id, "job accepted; waiting for a worker")
-                supersede_older(job)
-                dispatch.publish_on_commit(job.id)
-            return job, True
-        except IntegrityError:  # a concurrent request with the same id won
-            existing = Job.objects.get(pk=data["id"])
+    # Created first, looked up on a clash: a creation is one transaction, the repeat the rare case.
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                id=data["id"],
+                project_id=data["projectId"],
+                user_id=data["userId"],
+                source_type=data.get("sourceType", "git"),
+                source_info=data["sourceInfo"],
+                build_config=build_config,
+                secret_values=seal_secrets(secrets),
+                request_fingerprint=digest,
+                callback_url=data.get("callbackUrl") or "",
+                priority=PRIORITIES[build_config.get("priority") or "normal"],
+                enqueued_at=Now(),  # the database's clock, as the reaper compares it
+            )
+            logs.append_text(job.id, "job accepted; waiting for a worker")
+            supersede_older(job)
+            dispatch.publish_on_commit(job.id)
+        return job, True
+    except IntegrityError:  # the id is taken: by this same request earlier, or by another
+        existing = Job.objects.filter(pk=data["id"]).first()
+        if existing is None:  # not the id's constraint
+            raise
     same = existing.request_fingerprint == digest and _same_secrets(existing, secrets)
     # A row a release before secret_values wrote hashes the whole request, values included.
     if not same and not (secrets and existing.request_fingerprint == fingerprint(data)):
@@ -198,13 +199,16 @@ def masked_build_config(job: Job) -> dict:
     return config
 
 
-def job_json(job: Job, places: dict | None = None) -> dict:
-    """The job as the API shows it. `places` (queue.places()) saves computing the queue's
-    order once per pending job when presenting many."""
+def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> dict:
+    """The job as the API shows it. `places`: the queue's places (default: queue.cached_places()).
+    `placed=False` (a job just created): its reason to wait, but no position, which would cost
+    placing every waiting job once per creation."""
     queue_place = None
-    if job.status == Status.PENDING:
+    if job.status == Status.PENDING and not placed:
+        queue_place = {"position": None, "ahead": None, "reason": queue.waiting_reason(job.user_id, job.project_id)}
+    elif job.status == Status.PENDING:
         if places is None:
-            places = queue.places(job.id)
+            places = queue.cached_places()
         queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
     return {
         "id": job.id,

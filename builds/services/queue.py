@@ -20,6 +20,8 @@ import heapq
 import json
 import logging
 import math
+import threading
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +273,57 @@ def places(job_id: str | None = None) -> dict[str, dict]:
     order += [r[0] for r in later]
     placed = {j: {"position": i + 1, "ahead": i, "reason": reasons[j]} for i, j in enumerate(order)}
     return placed if job_id is None else {job_id: placed[job_id]} if job_id in placed else {}
+
+
+# Places served to the API: recomputed when the queue's signature (how many jobs wait or run,
+# and the newest change among them) moves, and at least every PLACES_MAX_AGE_SECONDS, which
+# bounds what the signature cannot see (a tenant limit edited, a retry time passing).
+PLACES_MAX_AGE_SECONDS = 1.0
+_places_cache: tuple = (None, -math.inf, {})  # (signature, computed at, places), replaced whole
+_places_lock = threading.Lock()
+
+
+def _signature() -> tuple:
+    # Plain SQL: it runs on every read of a pending job, and the ORM's compiling costs more than
+    # the query; the values are only compared.
+    statuses = (Status.PENDING, *ACTIVE_STATUSES)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*), MAX(updated_at) FROM {Job._meta.db_table} "
+                       f"WHERE status IN ({', '.join(['%s'] * len(statuses))})", [str(s) for s in statuses])
+        return tuple(cursor.fetchone())
+
+
+def cached_places() -> dict[str, dict]:
+    """`places()`, shared by the requests of this process while the queue is unchanged: with
+    hundreds of jobs waiting, computing it per request costs more than the rest of a read.
+    One computation at a time: requests that waited for it take its result."""
+    asked_at = time.monotonic()
+    signature = _signature()
+    global _places_cache
+    cached_signature, at, placed = _places_cache
+    if cached_signature == signature and asked_at - at < PLACES_MAX_AGE_SECONDS:
+        return placed
+    with _places_lock:
+        _, at, placed = _places_cache
+        if at >= asked_at:
+            return placed
+        at = time.monotonic()
+        signature = _signature()
+        placed = places()
+        _places_cache = (signature, at, placed)
+        return placed
+
+
+def waiting_reason(user_id: str, project_id: str) -> str:
+    """Why a job of this user and project that may start by time would wait now: the reason
+    `places` gives it, without placing it among the others."""
+    counts = Job.objects.filter(status__in=ACTIVE_STATUSES).aggregate(
+        user=Count("pk", filter=Q(user_id=user_id)), project=Count("pk", filter=Q(project_id=project_id)))
+    if not counts["user"] and not counts["project"]:
+        return SLOTS_BUSY  # a limit is at least 1 (0: none), so nothing running holds it back
+    state = Tenants(limits_for({user_id}, {project_id}), Counter({user_id: counts["user"]}),
+                    Counter({project_id: counts["project"]}), {}, {})
+    return state.blocked(user_id, project_id) or SLOTS_BUSY
 
 
 def _simulate(state: Tenants, queues: dict[tuple[str, str], deque], groups: dict[tuple[str, str], float],
