@@ -7,6 +7,7 @@ import os
 
 import click
 from celery import Celery, bootsteps
+from django.conf import settings
 
 from hubfly import logformat
 
@@ -23,6 +24,9 @@ app.autodiscover_tasks(["builds"])
 
 
 def _periodic_task_names() -> set[str]:
+    """The tasks whose idle runs leave no line; none with LOG_IDLE_PERIODIC_TASKS."""
+    if settings.LOG_IDLE_PERIODIC_TASKS:
+        return set()
     return {entry["task"] for entry in (app.conf.beat_schedule or {}).values()}
 
 

@@ -149,6 +149,8 @@ WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
 # GET of a job and of the job list answered without Django's middleware and DRF
 # (builds.api.reads); off only to measure the difference (bench/apiwrk.py).
 API_LEAN_READS = env_bool("API_LEAN_READS", True)
+# Celery's lines about periodic tasks that found nothing to do (hubfly.logformat.QuietPeriodicTasks).
+LOG_IDLE_PERIODIC_TASKS = env_bool("LOG_IDLE_PERIODIC_TASKS", False)
 # Live log followers one web process serves at once (more get 429); they share one reader per
 # job and hold no thread or database connection each (builds.services.follow).
 MAX_LOG_FOLLOWERS = env_int("MAX_LOG_FOLLOWERS", 500, minimum=1)
