@@ -32,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 # instance with short leases) comes after it so no other figure runs on those settings.
 BENCHES = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants",
            "api", "memory", "faults")
-DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api", "faults")
+DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api", "memory", "faults")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
