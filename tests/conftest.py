@@ -156,11 +156,28 @@ def maintenance(django_db_setup):
     w.stop()
 
 
+_session_workers: list[Worker] = []
+
+
 @pytest.fixture(scope="session")
 def worker(infra, maintenance):
     w = Worker("main", concurrency=2)
+    _session_workers.append(w)
     yield w
     w.stop()
+
+
+@pytest.fixture(scope="module")
+def no_build_worker():
+    """The session's build worker, if a test started it, stopped while a module needs rows to stay
+    `pending`: a live worker claims any eligible job from the table when a slot frees (the fair
+    queue), messages or not, within milliseconds. Started again afterwards."""
+    running = [w for w in _session_workers if w.proc.poll() is None]
+    for w in running:
+        w.stop()
+    yield
+    for w in running:
+        w.start()
 
 
 @pytest.fixture(scope="session")

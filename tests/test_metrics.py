@@ -112,6 +112,7 @@ def test_metrics_count_reaper_actions(web):
     assert scrape(web)[("hubfly_reaper_actions_total", (("action", "requeued"),))] == before + 1
 
 
+@pytest.mark.usefixtures("no_build_worker")
 def test_oldest_pending_age_is_measured_by_the_database_clock(tmp_path):
     """Fake: this web process's clock runs an hour ahead (the sitecustomize shim of
     test_lifecycle_faults); the database's clock is the true one. A job waiting for its retry's

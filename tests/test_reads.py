@@ -39,17 +39,8 @@ def apps(live_db, settings):
     return django_app, LeanReads(django_app)
 
 
-@pytest.fixture(scope="module")
-def no_worker(worker):
-    """The session's build worker stopped while these tests run: the jobs they read must stay
-    pending (a live worker claims them within milliseconds, and the place and status change)."""
-    worker.stop()
-    yield
-    worker.start()
-
-
 @pytest.fixture
-def created(api, apps, no_worker):
+def created(api, apps, no_build_worker):
     """Three pending jobs of project `reads-<run>` (read-0 and read-1 of ann, read-2 of bob),
     canceled afterwards: places are global, other tests' pending jobs are among them."""
     run = uuid.uuid4().hex[:8]
