@@ -161,6 +161,9 @@ def test_redeliver_makes_exactly_one_new_signed_attempt_of_the_same_event(api, w
     (first,) = own_receiver.wait_for(job_id)
     assert signed(first) and first.json["failure"]["type"] == "build_step"
     assert receiver.for_job(job_id) == []  # the job's own URL replaces CALLBACK_URL
+    # The receiver has the POST before the sender has its answer and records the delivery.
+    wait_for(lambda: Job.objects.get(pk=job_id).callback_events.filter(state="delivered").exists(), 30,
+             "the first delivery recorded")
 
     listed = api.get(f"/api/v1/jobs/{job_id}/deliveries").json()
     (event,) = listed["results"]
