@@ -63,6 +63,7 @@ COMMAND_NOT_ALLOWED = "COMMAND_NOT_ALLOWED"      # a command the allowlist refus
 INVALID_BUILD_CONFIG = "INVALID_BUILD_CONFIG"    # buildConfig values the generator cannot use
 BUILD_STEP_FAILED = "BUILD_STEP_FAILED"          # a RUN step exited non-zero
 BASE_IMAGE_NOT_FOUND = "BASE_IMAGE_NOT_FOUND"    # FROM image does not exist
+COPY_SOURCE_NOT_FOUND = "COPY_SOURCE_NOT_FOUND"  # COPY/ADD names a path the build context does not have
 GIT_UNAVAILABLE = "GIT_UNAVAILABLE"              # git host unreachable (transient)
 DISK_SPACE_LOW = "DISK_SPACE_LOW"                # a workspace would leave less than MIN_FREE_DISK free (transient)
 BUILDKIT_UNAVAILABLE = "BUILDKIT_UNAVAILABLE"    # buildkitd unreachable (transient)
@@ -79,7 +80,8 @@ FAILURE_TYPES = {
     "source": (SOURCE_NOT_FOUND, SOURCE_REFUSED, SOURCE_TOO_LARGE, SOURCE_TIMEOUT, COMMIT_NOT_FOUND,
                WORKING_DIR_INVALID, GIT_UNAVAILABLE, "SOURCE_AUTH_FAILED", "GIT_FAILED"),
     "dockerfile": (DOCKERFILE_NOT_FOUND, DOCKERFILE_INVALID, FRONTEND_NOT_ALLOWED, EGRESS_REFUSED,
-                   UNSUPPORTED_RUNTIME, NOTHING_TO_BUILD, COMMAND_NOT_ALLOWED, INVALID_BUILD_CONFIG),
+                   UNSUPPORTED_RUNTIME, NOTHING_TO_BUILD, COMMAND_NOT_ALLOWED, INVALID_BUILD_CONFIG,
+                   COPY_SOURCE_NOT_FOUND),
     "build_step": (BUILD_STEP_FAILED, "BUILD_FAILED"),
     "base_image": (BASE_IMAGE_NOT_FOUND,),
     "timeout": ("TIMEOUT",),

@@ -73,6 +73,19 @@ def test_unknown_instruction_is_a_dockerfile_failure(api, worker, git_server):
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("live_db")
+def test_copy_of_a_path_the_repository_lacks_is_a_dockerfile_failure_naming_the_copy(api, worker, git_server):
+    """Not a missing base image: BuildKit's "not found" here is about the build context."""
+    repo = git_server.repo("ft-copy")
+    repo.commit({"Dockerfile": BASE + "COPY missing.txt /\n", "present.txt": "here\n"})
+    job = wait_final(submit(api, repo.url))
+    assert job.status == "failed" and job.error_code == "COPY_SOURCE_NOT_FOUND", (job.error_code, job.error)
+    assert "missing.txt" in job.error
+    failure = api.get(f"/api/v1/jobs/{job.id}").json()["failure"]
+    assert failure == {"type": "dockerfile", "step": "COPY missing.txt /", "retryable": False}
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("live_db")
 def test_missing_base_image_is_a_base_image_failure_naming_the_from(api, worker, git_server):
     repo = git_server.repo("ft-base")
     repo.commit({"Dockerfile": "FROM debian:no-such-tag-hubfly\nRUN true\n"})

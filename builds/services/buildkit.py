@@ -228,6 +228,11 @@ def _classify(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     if re.search(r"dockerfile parse error|failed to parse|unknown instruction|failed to read dockerfile|"
                  r"failed to solve: dockerfile", output, re.I):
         return UserError(f"the Dockerfile is invalid: {reason}", code=errors.DOCKERFILE_INVALID)
+    if re.search(r"failed to (compute cache key|calculate checksum)\b.*\bnot found", output):
+        # COPY or ADD of a path the repository (the build context) does not have: BuildKit says
+        # `failed to compute cache key: failed to calculate checksum of ref ...: "/x": not found`.
+        return UserError(f"a path the Dockerfile copies is not in the repository: {reason}",
+                         code=errors.COPY_SOURCE_NOT_FOUND)
     if re.search(r"failed to (resolve source metadata|do request|push|copy)|pushing|connection refused|"
                  r"i/o timeout|no such host|TLS handshake|502 Bad Gateway|503 Service|EOF", output):
         if re.search(r"not found|404", output) and not re.search(r"connection refused|i/o timeout", output):
