@@ -32,6 +32,7 @@ from collections import Counter
 from bench.common import Context, new_job_id
 from bench.repos import TRIVIAL, BuildRepo, sleeping
 from bench.support import REPO_ROOT, Api, job_body
+from hubfly import localservices
 
 CLIENTS = 8
 ENV = {"HEARTBEAT_SECONDS": "1", "LEASE_SECONDS": "8", "REAPER_INTERVAL_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "1",
@@ -59,12 +60,7 @@ class ExtraWorker:
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGCONT)
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            localservices.stop(self.proc, timeout=60)
 
 
 def run(ctx: Context, restart) -> None:

@@ -12,7 +12,7 @@ from django.conf import settings
 from builds.models import Job
 from tests.conftest import CALLBACK_SECRET, wait_for
 from tests.support import registry
-from tests.support.jobs import log_text, new_id, submit, wait_final
+from tests.support.jobs import log_text, most_building_at_once, new_id, submit, wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
 
@@ -120,15 +120,7 @@ def test_at_most_max_concurrent_builds_run_at_once(api, worker, git_server):
     ids = [new_id("conc") for _ in range(5)]
     for job_id in ids:
         submit(api, repo.url, job_id=job_id, env={"JOB": job_id})
-    most = 0
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        statuses = list(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
-        most = max(most, statuses.count("building"))
-        if all(s in ("success", "failed", "canceled") for s in statuses):
-            break
-        time.sleep(0.05)
-    assert most == 2
+    assert most_building_at_once(ids) == 2
     assert set(Job.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"success"}
 
 

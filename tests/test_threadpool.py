@@ -18,7 +18,7 @@ import pytest
 from builds.models import Job
 from builds.services import buildkit
 from tests.conftest import TEST_ROOT, Worker, wait_for
-from tests.support.jobs import new_id, submit, wait_final
+from tests.support.jobs import most_building_at_once, new_id, submit, wait_final
 from tests.test_recovery import BASE, BuildctlWatch, buildctl_pids, delivered, wait_building
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
@@ -70,13 +70,7 @@ def test_threads_pool_runs_as_many_builds_at_once_as_it_has_slots(api, worker, g
         ids = [new_id("thr") for _ in range(4)]
         for job_id in ids:
             submit(api, repo.url, job_id=job_id, env={"JOB": job_id, "NONCE": new_id()})
-        most, deadline = 0, time.monotonic() + 120
-        while time.monotonic() < deadline:
-            statuses = list(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
-            most = max(most, statuses.count("building"))
-            if all(s in ("success", "failed", "canceled") for s in statuses):
-                break
-            time.sleep(0.05)
+        most = most_building_at_once(ids)
         pid = threaded.proc.pid
     assert most == 3
     jobs = Job.objects.filter(pk__in=ids)

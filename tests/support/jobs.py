@@ -39,3 +39,16 @@ def log_text(api, job_id: str) -> str:
     response = api.get(f"/api/v1/jobs/{job_id}/logs")
     assert response.status_code == 200, response.content
     return b"".join(response.streaming_content).decode()
+
+
+def most_building_at_once(ids: list[str], timeout: float = 120) -> int:
+    """How many of the jobs were `building` at the same time at the most, watched until all
+    of them ended."""
+    most, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = list(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
+        most = max(most, statuses.count("building"))
+        if all(s in FINAL_STATUSES for s in statuses):
+            break
+        time.sleep(0.05)
+    return most

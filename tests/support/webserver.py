@@ -3,13 +3,14 @@ with uvicorn's ASGI worker), on a free loopback port, against the test database.
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from hubfly import localservices
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,9 +80,4 @@ class WebServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            localservices.stop(self.proc, timeout=30)
