@@ -238,4 +238,4 @@ def _classify(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
         if re.search(r"not found|404", output) and not re.search(r"connection refused|i/o timeout", output):
             return UserError(f"an image the build needs was not found: {reason}", code=errors.BASE_IMAGE_NOT_FOUND)
         return TransientError(f"the registry is not reachable: {reason}", code=errors.REGISTRY_UNAVAILABLE)
-    return UserError(f"the build failed: {reason or 'buildctl exited with an error'}", code="BUILD_FAILED")
+    return UserError(f"the build failed: {reason or 'buildctl exited with an error'}", code=errors.BUILD_FAILED)

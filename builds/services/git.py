@@ -298,11 +298,11 @@ def classify(output: str) -> errors.BuildError:
     if _MISSING_REF.search(output):
         return UserError(f"the requested ref or commit does not exist: {last}", code=errors.SOURCE_NOT_FOUND)
     if _AUTH.search(output):
-        return UserError(f"the repository refused access: {last}", code="SOURCE_AUTH_FAILED")
+        return UserError(f"the repository refused access: {last}", code=errors.SOURCE_AUTH_FAILED)
     if re.search(r"returned error: 404|repository .* not found|does not appear to be a git repository|not found", output, re.I):
         return UserError(f"the repository was not found: {last}", code=errors.SOURCE_NOT_FOUND)
     if _NO_SPACE.search(output):
         return TransientError(f"the workspace's disk is full: {last}", code=errors.DISK_SPACE_LOW)
     if _TRANSIENT.search(output):
         return TransientError(f"the git host could not be reached: {last}", code=errors.GIT_UNAVAILABLE)
-    return UserError(f"git failed: {last}", code="GIT_FAILED")
+    return UserError(f"git failed: {last}", code=errors.GIT_FAILED)

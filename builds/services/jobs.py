@@ -32,7 +32,7 @@ class SecretsUnreadable(BuildError):
     """The job's secret values cannot be read: no key of SECRETS_KEY decrypts them, or log
     retention removed them. Not retried: no later attempt can read them either."""
 
-    code = "SECRETS_UNREADABLE"
+    code = errors.SECRETS_UNREADABLE
 
 
 @functools.cache

@@ -144,7 +144,7 @@ def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error
         fields["image_digest"] = Value(image_digest)
     if status != Status.CANCELED:
         # Decided in the update itself: a cancel flagged a moment ago still counts.
-        overrides = {"status": Status.CANCELED, "error_code": "CANCELED", "error": "canceled by request",
+        overrides = {"status": Status.CANCELED, "error_code": errors.CANCELED, "error": "canceled by request",
                      "image_digest": "", "failure_step": ""}
         for name in list(fields):
             if name in overrides:
@@ -172,7 +172,7 @@ def job_retry_later(*, job_id: str, lease: uuid.UUID, error_code: str, error: st
         updated_at=Now(), progress=None,
     ):
         return True
-    _finish(job_id, ours.filter(_CANCEL_REQUESTED), status=Status.CANCELED, error_code="CANCELED", error="canceled by request")
+    _finish(job_id, ours.filter(_CANCEL_REQUESTED), status=Status.CANCELED, error_code=errors.CANCELED, error="canceled by request")
     return False
 
 
@@ -232,7 +232,7 @@ def job_cancel(*, job_id: str) -> tuple[Job | None, bool]:
         pk=job_id, status__in=(Status.PENDING, *ACTIVE_STATUSES), cancel_requested_at__isnull=True
     ).update(cancel_requested_at=Now(), updated_at=Now())
     canceled_pending = _finish(
-        job_id, Job.objects.filter(pk=job_id, status=Status.PENDING), status=Status.CANCELED, error_code="CANCELED",
+        job_id, Job.objects.filter(pk=job_id, status=Status.PENDING), status=Status.CANCELED, error_code=errors.CANCELED,
         error="canceled before it started",
     )
     job = Job.objects.filter(pk=job_id).first()

@@ -238,12 +238,12 @@ class BuildDirector:
             return Outcome()
         except BuildCanceled:
             self.log.line("build canceled")
-            self._finish(Status.CANCELED, "CANCELED", "canceled by request")
+            self._finish(Status.CANCELED, errors.CANCELED, "canceled by request")
             return Outcome()
         except BuildTimedOut:
             message = f"the job exceeded its timeout of {self.timeout} seconds"
             self.log.line(f"build stopped: {message} (counted from its first start, across retries)")
-            self._finish(Status.FAILED, "TIMEOUT", message, step=self.tracker.running_step() or "")
+            self._finish(Status.FAILED, errors.TIMEOUT, message, step=self.tracker.running_step() or "")
             return Outcome()
         except BuildError as exc:
             return self._failed(exc)
