@@ -1,6 +1,6 @@
 """A burst of creations (issue 17): 500 jobs posted by 8 clients at once to the real web process
-are all accepted, and every one is built, once. Marked `waits`: it mostly waits for 500 builds,
-in the session scripts/test runs beside the rest."""
+are all accepted, and every one is built, once. Marked `waits` and `burst`: ten minutes of full
+build slots, in a session scripts/test runs beside the scale-out suite, not beside the main one."""
 
 import threading
 import time
@@ -32,6 +32,7 @@ def log_text(job_id: str) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.waits
+@pytest.mark.burst
 @pytest.mark.timeout(1500)
 def test_five_hundred_jobs_posted_by_eight_clients_are_all_built_once(live_db, worker, git_server, receiver):
     repo = git_server.repo(f"burst-{uuid.uuid4().hex[:6]}")
