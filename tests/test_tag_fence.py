@@ -77,8 +77,15 @@ def test_worker_that_finds_its_lease_lost_kills_its_buildctl_within_a_heartbeat(
     buildctl cannot act on SIGINT, and anything it still did could only push by digest."""
     repo = git_server.repo("fence-paused-both")
     repo.commit({"Dockerfile": BASE + "RUN echo $NONCE first; sleep 25\n"})
-    job_id = submit(api, repo.url, env={"NONCE": new_id()})
+    nonce = new_id()
+    job_id = submit(api, repo.url, env={"NONCE": nonce})
     first = wait_building(job_id)
+    # Paused in its RUN step, not while it resolves the base image: BuildKit resolves an image
+    # once for all the builds that ask at the same time, with the credentials of the session
+    # that asked first, so a client stopped there holds the other attempt's resolution until
+    # BuildKit gives up on that session (about two minutes; that attempt then fails
+    # BUILDKIT_UNAVAILABLE and is retried).
+    wait_for(lambda: f"{nonce} first" in log_text(api, job_id), 60, "the RUN step to be under way")
     pool_pid = int(first.worker.rsplit(":", 1)[1])
     stale = set(buildctl_pids(job_id))
     for pid in (pool_pid, *stale):
