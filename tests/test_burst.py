@@ -1,5 +1,5 @@
 """A burst of creations (issue 17): 500 jobs posted by 8 clients at once to the real web process
-are all accepted, and every one is built, once. Marked `waits` and `burst`: ten minutes of full
+are all accepted, and every one is built, once. Marked `waits` and `burst`: 6 to 10 minutes of full
 build slots, in a session scripts/test runs beside the scale-out suite, not beside the main one."""
 
 import threading
