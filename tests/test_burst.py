@@ -1,5 +1,5 @@
 """A burst of creations (issue 17): 500 jobs posted by 8 clients at once to the real web process
-are all accepted, and every one is built, once. Marked `waits` and `burst`: 6 to 10 minutes of full
+are all accepted, and every one is built, once. Marked `burst`: 6 to 10 minutes of full
 build slots, in a session scripts/test runs beside the scale-out suite, not beside the main one."""
 
 import threading
@@ -31,7 +31,6 @@ def log_text(job_id: str) -> str:
 
 
 @pytest.mark.e2e
-@pytest.mark.waits
 @pytest.mark.burst
 @pytest.mark.timeout(1500)
 def test_five_hundred_jobs_posted_by_eight_clients_are_all_built_once(live_db, worker, git_server, receiver):
