@@ -78,6 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "builds.api.middleware.BodySizeLimitMiddleware",
+    "builds.api.middleware.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -146,6 +147,10 @@ WHITENOISE_AUTOREFRESH = False
 # Threads of a web process that run the JSON API and the admin (hubfly/asgi.py); log streams
 # do not take one.
 WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
+# How long an API request waits out a database outage (a PostgreSQL restart or failover, a
+# dropped connection, a locked SQLite file) before it answers 503 with Retry-After; 0 answers at
+# once. A full disk under the database answers 503 at once: it does not pass in seconds.
+API_DATABASE_WAIT_SECONDS = env_float("API_DATABASE_WAIT_SECONDS", 10.0, minimum=0.0)
 # GET of a job and of the job list answered without Django's middleware and DRF
 # (builds.api.reads); off only to measure the difference (bench/apiwrk.py).
 API_LEAN_READS = env_bool("API_LEAN_READS", True)
