@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from builds import errors
 from builds.models import CallbackAttempt, CallbackEvent, Job
-from builds.services import gitsource
+from builds.services import dispatch, gitsource
 from builds.services.logs import mask_url_credentials
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,8 @@ def enqueue_outcome(job: Job) -> CallbackEvent | None:
 def _publish(event_id) -> None:
     """First attempt at once, in the maintenance worker (never in a build slot). If the
     message is lost, the periodic flush finds the event anyway."""
-    from builds.tasks import deliver_callback
-
     try:
-        deliver_callback.apply_async((str(event_id),))
+        dispatch.send(dispatch.DELIVER_CALLBACK, str(event_id))
     except Exception:
         log.exception("could not publish callback %s; the periodic flush will send it", event_id)
 
