@@ -109,7 +109,8 @@ TEMPLATES = [
 
 # Database: SQLite in DATA_DIR unless DATABASE_URL says otherwise. On SQLite, IMMEDIATE
 # transactions + WAL + a generous busy timeout keep several writers (web, workers, beat)
-# from failing with "database is locked" (see platform notes A2).
+# from failing with "database is locked": a DEFERRED transaction that reads, then writes, fails
+# at once when another writer holds the lock, whatever the busy timeout.
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
@@ -311,7 +312,7 @@ if BROKER_IS_SQLA:
     CELERY_BROKER_TRANSPORT = "hubfly.broker:Transport"
     CELERY_BROKER_URL = BROKER_SQLALCHEMY_URL
     # A 60 s busy timeout: a briefly locked broker file must not look like a lost connection,
-    # which would restore (and duplicate) running builds (platform notes A1, pitfall 6).
+    # which would restore (and duplicate) running builds.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 60}}
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_UNACKED_SECONDS}

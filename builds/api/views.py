@@ -1,4 +1,4 @@
-"""HTTP endpoints (contract section 1). Thin: validate, call one service, present."""
+"""HTTP endpoints (README, "API"; the OpenAPI schema at /api/schema/). Thin: validate, call one service, present."""
 
 import hashlib
 import uuid

@@ -1,4 +1,4 @@
-"""Creating jobs and presenting them (contract 1.1 and 1.2), and the jobs' secret values.
+"""Creating jobs and presenting them (`POST /api/v1/jobs`, `GET /api/v1/jobs/{id}`), and the jobs' secret values.
 
 A job's secret values (the `env` entries its `secrets` names) never stay in `build_config`:
 they are stored encrypted in `secret_values` (Fernet, with the first key of SECRETS_KEY; the
