@@ -1,6 +1,5 @@
 """Worker start-up hooks."""
 
-import ctypes
 import logging
 import os
 import select
@@ -14,7 +13,6 @@ from django.db import connection
 from builds.services import dispatch, housekeeping, process, reaper
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 
 
 def _watch_parent(parent: int) -> None:
@@ -40,10 +38,7 @@ def _die_with_worker(**_):
     # when the parent *thread* that forked the process exits: billiard forks replacement
     # processes from its worker-handler thread, which stops at shutdown, so a warm shutdown
     # SIGKILLed healthy builds running in replaced processes. We clear it and watch instead.
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    process.set_parent_death_signal(0)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     # Pool processes publish the callback task when a build ends. In a thread: a pool process
     # that is not up within a few seconds is replaced, and a broker may be slow to answer.
