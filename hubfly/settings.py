@@ -271,8 +271,8 @@ GIT_TIMEOUT_SECONDS = env_int("GIT_TIMEOUT_SECONDS", 300, minimum=1)
 # MIN_FREE_DISK free with that much written.
 GIT_MAX_BYTES = env_bytes("GIT_MAX_BYTES", 2 * 1024**3, minimum=1024**2)
 MIN_FREE_DISK = env_bytes("MIN_FREE_DISK", 1024**3)
-ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE", str(BASE_DIR / "configs/allowed-commands.json")))
-RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE", str(BASE_DIR / "configs/runtimes.json")))
+ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE") or BASE_DIR / "configs/allowed-commands.json")
+RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE") or BASE_DIR / "configs/runtimes.json")
 WORKSPACE_DIR = Path(env_str("WORKSPACE_DIR", str(DATA_DIR / "workspaces"))).resolve()
 # Every worker removes the orphaned workspaces of its host at start and this often.
 WORKSPACE_PRUNE_INTERVAL_SECONDS = env_float("WORKSPACE_PRUNE_INTERVAL_SECONDS", 600.0, minimum=1.0)
