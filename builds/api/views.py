@@ -10,11 +10,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.api.errors import ApiError
+from builds.api.serializers import JobCreateInput
 from builds.api.schema import (
     DeliveriesOutput, ErrorOutput, JobListOutput, JobOutput, RedeliverInput, RedeliveryOutput, ValidationErrorOutput,
 )
-from builds.api.serializers import JobCreateInput
-from builds.dockerfile import check_build_config
 from builds.errors import UserError
 from builds.models import ACTIVE_STATUSES, PRIORITIES, CallbackEvent, Job, Status
 from builds.services import callbacks, health, jobs, lifecycle, metrics, queue
@@ -67,11 +66,10 @@ class JobListCreate(APIView):
     def post(self, request):
         if not isinstance(request.data, dict):
             raise ApiError(400, "VALIDATION_ERROR", "the request body must be a JSON object")
-        data = JobCreateInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        check_generation_settings(data.validated_data.get("buildConfig") or {})
         try:
-            job, created = jobs.job_create(data=data.validated_data)
+            job, created = jobs.job_submit(request=request.data)
+        except UserError as exc:  # known unbuildable at submit: an unknown runtime, a refused command
+            raise ApiError(400, exc.code, exc.message) from None
         except jobs.JobConflict:
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
         return Response(jobs.job_json(job, placed=not created),
@@ -112,15 +110,6 @@ class JobListCreate(APIView):
         places = queue.cached_places() if any(job.status == Status.PENDING for job in page) else {}
         results = [jobs.job_json(job, places) for job in page]
         return Response({"count": count, "limit": limit, "offset": offset, "results": results})
-
-
-def check_generation_settings(build_config: dict) -> None:
-    """Refuse at submit time what is already known to be unbuildable: an unknown runtime or
-    version, or a command the allowlist refuses."""
-    try:
-        check_build_config(build_config)
-    except UserError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
 
 
 class JobDetail(APIView):

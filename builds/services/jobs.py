@@ -18,6 +18,8 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from builds import errors
+from builds.api.serializers import JobCreateInput
+from builds.dockerfile import check_build_config
 from builds.errors import BuildError
 from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
 from builds.services import dispatch, lifecycle, logs, queue
@@ -102,6 +104,17 @@ def _same_secrets(job: Job, secrets: dict[str, str]) -> bool:
     except SecretsUnreadable:  # nothing to compare with: not provably the same request
         return False
     return hmac.compare_digest(_canonical(stored), _canonical(secrets))
+
+
+def job_submit(*, request) -> tuple[Job, bool]:
+    """A job request as sent, from the API or the admin's rebuild: validated (JobCreateInput's
+    rules, then what the generator can already tell: runtime, version, commands) and stored.
+    Returns (job, created). Raises rest_framework's ValidationError, errors.UserError (a
+    setting that cannot be built) or JobConflict."""
+    data = JobCreateInput(data=request)
+    data.is_valid(raise_exception=True)
+    check_build_config(data.validated_data.get("buildConfig") or {})
+    return job_create(data=data.validated_data)
 
 
 def job_create(*, data: dict) -> tuple[Job, bool]:
