@@ -15,8 +15,9 @@ from builds.api.schema import (
     DeliveriesOutput, ErrorOutput, JobListOutput, JobOutput, RedeliverInput, RedeliveryOutput, ValidationErrorOutput,
 )
 from builds.errors import UserError
-from builds.models import ACTIVE_STATUSES, PRIORITIES, CallbackEvent, Job, Status
-from builds.services import callbacks, health, jobs, lifecycle, metrics, queue
+from builds import selectors
+from builds.models import PRIORITIES, CallbackEvent, Job, Status
+from builds.services import callbacks, health, jobs, lifecycle, metrics
 
 MAX_PAGE = 200
 
@@ -91,25 +92,15 @@ class JobListCreate(APIView):
         tags=["jobs"],
     )
     def get(self, request):
-        query = Job.objects.all().order_by("-created_at", "id")
-        for param, field in (("projectId", "project_id"), ("userId", "user_id")):
-            if value := request.query_params.get(param):
-                query = query.filter(**{field: value})
-        if value := request.query_params.get("status"):
-            if value not in Status.values:
-                raise ApiError(400, "VALIDATION_ERROR", f"status must be one of {', '.join(Status.values)}")
-            query = query.filter(status=value)
-        if value := request.query_params.get("priority"):
-            if value not in PRIORITIES:
-                raise ApiError(400, "VALIDATION_ERROR", f"priority must be one of {', '.join(PRIORITIES)}")
-            query = query.filter(priority=PRIORITIES[value])
+        params = request.query_params
+        try:
+            query = selectors.job_list(project_id=params.get("projectId"), user_id=params.get("userId"),
+                                       status=params.get("status"), priority=params.get("priority"))
+        except selectors.FilterRefused as exc:
+            raise ApiError(400, "VALIDATION_ERROR", str(exc)) from None
         limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0)
-        count = query.count()
-        page = list(query[offset : offset + limit])
-        places = queue.cached_places() if any(job.status == Status.PENDING for job in page) else {}
-        results = [jobs.job_json(job, places) for job in page]
-        return Response({"count": count, "limit": limit, "offset": offset, "results": results})
+        return Response(selectors.job_page(query, limit=limit, offset=offset))
 
 
 class JobDetail(APIView):
@@ -210,8 +201,7 @@ class RunningBuilds(APIView):
     @extend_schema(operation_id="running_builds", summary="Jobs claimed or building, on every worker",
                    responses={200: JobOutput(many=True), 401: UNAUTHORIZED}, tags=["dev"])
     def get(self, request):
-        running = Job.objects.filter(status__in=ACTIVE_STATUSES).order_by("claimed_at")
-        return Response([jobs.job_json(job) for job in running])
+        return Response([jobs.job_json(job) for job in selectors.running_jobs()])
 
 
 def healthz(request):
