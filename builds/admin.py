@@ -2,7 +2,7 @@
 result, callback deliveries and log, followed live while it runs; cancel and rebuild.
 
 Nobody edits a job by hand: every change goes through the same services as the API
-(`lifecycle.job_cancel`, `jobs.job_create`). Who may do what:
+(`lifecycle.job_cancel`, `jobs.job_submit`). Who may do what:
 - `builds.view_job` (e.g. a read-only group): browse jobs, read and download logs;
 - `builds.change_job`: also cancel and rebuild. It never makes fields editable.
 """
@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 
 from rest_framework.exceptions import ValidationError
 
-from builds import errors
+from builds import errors, presentation
 from builds.errors import UserError
 from builds.api.errors import first_message
 from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, TenantLimit
@@ -133,11 +133,11 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="source")
     def source(self, job):
-        return _pretty(jobs.masked_source_info(job))
+        return _pretty(presentation.masked_source_info(job))
 
     @admin.display(description="build settings")
     def settings(self, job):
-        return _pretty(jobs.masked_build_config(job))
+        return _pretty(presentation.masked_build_config(job))
 
     @admin.display(description="failure")
     def failure(self, job):

@@ -4,7 +4,8 @@ DRF path), one page of it as the API shows it, the running jobs."""
 from django.db.models import QuerySet
 
 from builds.models import ACTIVE_STATUSES, PRIORITIES, Job, Status
-from builds.services import jobs, queue
+from builds import presentation
+from builds.services import queue
 
 
 class FilterRefused(ValueError):
@@ -35,7 +36,7 @@ def job_page(query: QuerySet, *, limit: int, offset: int) -> dict:
     count = query.count()
     page = list(query[offset : offset + limit])
     places = queue.cached_places() if any(job.status == Status.PENDING for job in page) else {}
-    return {"count": count, "limit": limit, "offset": offset, "results": [jobs.job_json(job, places) for job in page]}
+    return {"count": count, "limit": limit, "offset": offset, "results": [presentation.job_json(job, places) for job in page]}
 
 
 def running_jobs() -> QuerySet:

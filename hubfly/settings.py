@@ -202,6 +202,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "builds.api.schema.add_plain_django_endpoints",
     ],
+    # The outcome webhook the service POSTs (its body is the JobOutcome component).
+    "WEBHOOKS": ["builds.api.schema.job_outcome_webhook"],
 }
 
 # --- The build service ---------------------------------------------------------------------

@@ -16,9 +16,9 @@ import orjson
 from django.conf import settings
 from django.core import signals
 
-from builds import selectors
+from builds import presentation, selectors
 from builds.models import Job
-from builds.services import jobs
+
 
 JOB_PATH = re.compile(r"^/api/v1/jobs/([^/]+)$")
 LIST_PATH = "/api/v1/jobs"
@@ -55,7 +55,7 @@ _BY_ID = f"SELECT * FROM {Job._meta.db_table} WHERE id = %s"  # the ORM's compil
 
 def _detail(job_id: str):
     job = next(iter(Job.objects.raw(_BY_ID, [job_id])), None)
-    return None if job is None else jobs.job_json(job)
+    return None if job is None else presentation.job_json(job)
 
 
 def _int(params: dict, name: str, default: int, minimum: int, maximum: int | None = None) -> int | None:

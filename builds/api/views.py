@@ -9,13 +9,13 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds import presentation, selectors
 from builds.api.errors import ApiError
 from builds.api.serializers import JobCreateInput
 from builds.api.schema import (
     DeliveriesOutput, ErrorOutput, JobListOutput, JobOutput, RedeliverInput, RedeliveryOutput, ValidationErrorOutput,
 )
 from builds.errors import UserError
-from builds import selectors
 from builds.models import PRIORITIES, CallbackEvent, Job, Status
 from builds.services import callbacks, health, jobs, lifecycle, metrics
 
@@ -73,7 +73,7 @@ class JobListCreate(APIView):
             raise ApiError(400, exc.code, exc.message) from None
         except jobs.JobConflict:
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
-        return Response(jobs.job_json(job, placed=not created),
+        return Response(presentation.job_json(job, placed=not created),
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
@@ -107,7 +107,7 @@ class JobDetail(APIView):
     @extend_schema(operation_id="jobs_retrieve", summary="One job", parameters=[JOB_ID],
                    responses={200: JobOutput, 401: UNAUTHORIZED, 404: NOT_FOUND}, tags=["jobs"])
     def get(self, request, job_id):
-        return Response(jobs.job_json(get_job(job_id)))
+        return Response(presentation.job_json(get_job(job_id)))
 
 
 class JobCancel(APIView):
@@ -131,7 +131,7 @@ class JobCancel(APIView):
             raise job_not_found()
         if not accepted:
             raise ApiError(409, "JOB_FINAL", f"the job already ended ({job.status})")
-        return Response(jobs.job_json(job), status=status.HTTP_202_ACCEPTED)
+        return Response(presentation.job_json(job), status=status.HTTP_202_ACCEPTED)
 
 
 class JobDeliveries(APIView):
@@ -201,7 +201,7 @@ class RunningBuilds(APIView):
     @extend_schema(operation_id="running_builds", summary="Jobs claimed or building, on every worker",
                    responses={200: JobOutput(many=True), 401: UNAUTHORIZED}, tags=["dev"])
     def get(self, request):
-        return Response([jobs.job_json(job) for job in selectors.running_jobs()])
+        return Response([presentation.job_json(job) for job in selectors.running_jobs()])
 
 
 def healthz(request):

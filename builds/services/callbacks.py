@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from builds import errors
+from builds import presentation
 from builds.models import CallbackAttempt, CallbackEvent, Job
 from builds.services import dispatch, gitsource
 from builds.services.logs import mask_url_credentials
@@ -28,30 +28,6 @@ from builds.services.logs import mask_url_credentials
 log = logging.getLogger(__name__)
 # Who asked for a delivery by hand, and when: one line per request (the attempt row keeps it too).
 audit = logging.getLogger("builds.audit")
-
-
-def iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def outcome_payload(job: Job) -> dict:
-    return {
-        "id": job.id,
-        "projectId": job.project_id,
-        "userId": job.user_id,
-        "status": job.status,
-        "imageTag": job.image_tag or None,
-        "imageDigest": job.image_digest or None,
-        "commitSha": job.commit_sha or None,
-        "startedAt": iso(job.started_at),
-        "finishedAt": iso(job.finished_at),
-        "durationSeconds": job.duration_seconds,
-        "logPath": f"/api/v1/jobs/{job.id}/logs",
-        "errorCode": job.error_code or None,
-        "error": job.error or None,
-        "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
-        "retryCount": job.retry_count,
-    }
 
 
 def check_callback_url(url: str) -> tuple[str, ...]:
@@ -86,7 +62,7 @@ def enqueue_outcome(job: Job) -> CallbackEvent | None:
     event = CallbackEvent.objects.create(
         job=job,
         url=url,
-        body=json.dumps(outcome_payload(job), separators=(",", ":")),
+        body=json.dumps(presentation.outcome_json(job), separators=(",", ":")),
         next_attempt_at=timezone.now(),
     )
     transaction.on_commit(lambda: _publish(event.pk))
@@ -220,7 +196,7 @@ def deliver_due(limit: int = 100) -> int:
 
 def attempt_json(attempt: CallbackAttempt) -> dict:
     return {
-        "at": iso(attempt.at),
+        "at": presentation.iso(attempt.at),
         "httpStatus": attempt.http_status,
         "error": attempt.error or None,
         "durationMs": attempt.duration_ms,
@@ -239,9 +215,9 @@ def deliveries_json(job: Job) -> list[dict]:
             "eventId": str(event.pk),
             "url": mask_url_credentials(event.url),
             "state": event.state,
-            "createdAt": iso(event.created_at),
-            "deliveredAt": iso(event.delivered_at),
-            "nextAttemptAt": iso(event.next_attempt_at) if event.state == CallbackEvent.State.PENDING else None,
+            "createdAt": presentation.iso(event.created_at),
+            "deliveredAt": presentation.iso(event.delivered_at),
+            "nextAttemptAt": presentation.iso(event.next_attempt_at) if event.state == CallbackEvent.State.PENDING else None,
             "attempts": attempts.get(event.pk, []),
         }
         for event in events
