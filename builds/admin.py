@@ -2,7 +2,7 @@
 result, callback deliveries and log, followed live while it runs; cancel and rebuild.
 
 Nobody edits a job by hand: every change goes through the same services as the API
-(`lifecycle.job_cancel`, `jobs.job_submit`). Who may do what:
+(`lifecycle.job_cancel`, `submit.job_submit`). Who may do what:
 - `builds.view_job` (e.g. a read-only group): browse jobs, read and download logs;
 - `builds.change_job`: also cancel and rebuild. It never makes fields editable.
 """
@@ -22,7 +22,7 @@ from builds import errors, presentation
 from builds.errors import UserError
 from builds.api.errors import first_message
 from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, TenantLimit
-from builds.services import callbacks, follow, jobs, lifecycle, logs, queue, rebuild
+from builds.services import callbacks, follow, jobs, lifecycle, logs, queue, rebuild, submit
 
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -297,7 +297,7 @@ class JobAdmin(admin.ModelAdmin):
         """Validated exactly like an API request, so today's policy (allowed hosts, commands)
         applies to the rebuild."""
         try:
-            new, _ = jobs.job_submit(request=rebuild.rebuild_request(job))
+            new, _ = submit.job_submit(request=rebuild.rebuild_request(job))
         except (UserError, ValidationError, jobs.JobConflict, jobs.SecretsUnreadable) as exc:
             reason = first_message(exc.detail) if isinstance(exc, ValidationError) else getattr(exc, "message", "id taken")
             self.message_user(request, f"Cannot rebuild job {job.id}: {reason}", messages.ERROR)

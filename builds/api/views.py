@@ -17,7 +17,7 @@ from builds.api.schema import (
 )
 from builds.errors import UserError
 from builds.models import PRIORITIES, CallbackEvent, Job, Status
-from builds.services import callbacks, health, jobs, lifecycle, metrics
+from builds.services import callbacks, health, jobs, lifecycle, metrics, submit
 
 MAX_PAGE = 200
 
@@ -68,7 +68,7 @@ class JobListCreate(APIView):
         if not isinstance(request.data, dict):
             raise ApiError(400, "VALIDATION_ERROR", "the request body must be a JSON object")
         try:
-            job, created = jobs.job_submit(request=request.data)
+            job, created = submit.job_submit(request=request.data)
         except UserError as exc:  # known unbuildable at submit: an unknown runtime, a refused command
             raise ApiError(400, exc.code, exc.message) from None
         except jobs.JobConflict:

@@ -14,7 +14,6 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-import httpx
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -96,6 +95,10 @@ def _post(event: CallbackEvent, job_url: bool) -> tuple[int | None, str]:
         ts = str(int(time.time()))
         headers["X-Hubfly-Timestamp"] = ts
         headers["X-Hubfly-Signature"] = signature(settings.CALLBACK_SECRET, ts, str(event.id), body)
+    # Here, not at the top: only the maintenance worker posts, and httpx costs every other
+    # process that records an outcome (web, build workers) 6 MiB.
+    import httpx
+
     try:
         # A 3xx answer is a failed attempt, never followed: the Location could name any host.
         # The answer's body is not read: only the status counts.

@@ -1,5 +1,5 @@
-"""Creating jobs (`POST /api/v1/jobs`, the admin's rebuild) and the jobs' secret values; a job's
-presentation is builds/presentation.py.
+"""Creating jobs and the jobs' secret values (a request is validated by builds/services/submit.py
+first; a job's presentation is builds/presentation.py).
 
 A job's secret values (the `env` entries its `secrets` names) never stay in `build_config`:
 they are stored encrypted in `secret_values` (Fernet, with the first key of SECRETS_KEY; the
@@ -19,8 +19,6 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from builds import errors
-from builds.api.serializers import JobCreateInput
-from builds.dockerfile import check_build_config
 from builds.errors import BuildError
 from builds.models import PRIORITIES, Job, Status
 from builds.services import dispatch, lifecycle, logs
@@ -104,17 +102,6 @@ def _same_secrets(job: Job, secrets: dict[str, str]) -> bool:
     except SecretsUnreadable:  # nothing to compare with: not provably the same request
         return False
     return hmac.compare_digest(_canonical(stored), _canonical(secrets))
-
-
-def job_submit(*, request) -> tuple[Job, bool]:
-    """A job request as sent, from the API or the admin's rebuild: validated (JobCreateInput's
-    rules, then what the generator can already tell: runtime, version, commands) and stored.
-    Returns (job, created). Raises rest_framework's ValidationError, errors.UserError (a
-    setting that cannot be built) or JobConflict."""
-    data = JobCreateInput(data=request)
-    data.is_valid(raise_exception=True)
-    check_build_config(data.validated_data.get("buildConfig") or {})
-    return job_create(data=data.validated_data)
 
 
 def job_create(*, data: dict) -> tuple[Job, bool]:
