@@ -5,6 +5,7 @@ server's master process use the package without Django or Celery."""
 
 def __getattr__(name):
     if name == "celery_app":
+        # On first use: loading the settings (manage.py, the web) must not load Celery.
         from .celery import app
 
         return app

@@ -23,6 +23,7 @@ from pathlib import Path
 from queue import Empty
 from time import monotonic
 
+from django.conf import settings
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
@@ -214,7 +215,6 @@ class Transport(kombu_sqla.Transport):
 
     def __init__(self, client, **kwargs):
         super().__init__(client, **kwargs)
-        from django.conf import settings
 
         self.polling_interval = settings.BROKER_POLL_SECONDS
         directory = doorbell_directory(client.hostname)

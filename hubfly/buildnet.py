@@ -21,6 +21,7 @@ container of docker-compose.yml (`python3 -m hubfly.buildnet apply ...`).
 """
 
 import argparse
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -442,8 +443,6 @@ class _host_lock:
     """One apply() at a time on this host (subnet choice, xtables)."""
 
     def __enter__(self):
-        import fcntl
-
         self._file = open("/run/lock/hubfly-buildnet.lock" if Path("/run/lock").is_dir() else "/tmp/hubfly-buildnet.lock", "w")
         fcntl.flock(self._file, fcntl.LOCK_EX)
         return self

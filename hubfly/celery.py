@@ -50,6 +50,7 @@ class BeatThread(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
 
     def create(self, worker):
+        # Here: only a worker started with --beat-thread loads the beat scheduler.
         from celery.beat import EmbeddedService
 
         self.service = EmbeddedService(worker.app, thread=True, schedule_filename=worker.schedule_filename,

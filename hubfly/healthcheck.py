@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("checks", nargs="*", default=["database", "broker"])
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubfly.settings")
+    # After the settings module is named, which the command line may change.
     import django
 
     django.setup()

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import bcrypt
+
 from hubfly import buildnet
 
 MIRROR_PREFIX = "hubfly-mirror/docker.io"
@@ -136,8 +138,6 @@ def registry_config(data_dir: Path, addr: str, htpasswd: Path | None = None) -> 
 
 
 def htpasswd_line(credentials: Credentials) -> str:
-    import bcrypt
-
     hashed = bcrypt.hashpw(credentials.password.encode(), bcrypt.gensalt(rounds=10)).decode()
     return f"{credentials.username}:{hashed}\n"
 

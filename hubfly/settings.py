@@ -6,6 +6,7 @@ Scaling out is a change of DATABASE_URL and CELERY_BROKER_URL, nothing else.
 
 import secrets
 import socket
+from base64 import urlsafe_b64decode
 from pathlib import Path
 
 import dj_database_url
@@ -42,8 +43,6 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY") or _persistent_secret("django-secret-k
 def _secrets_keys() -> list[str]:
     """SECRETS_KEY: keys of the jobs' secret values at rest (builds.services.jobs), each 32
     random bytes in URL-safe base64. The first encrypts; the others still decrypt (rotation)."""
-    from base64 import urlsafe_b64decode
-
     keys = env_list("SECRETS_KEY") or [_persistent_secret("secrets-key")]
     for number, key in enumerate(keys, 1):
         try:

@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         stub = types.ModuleType("click_repl")
         stub.register_repl = lambda group, name="repl": None  # only `celery amqp` calls it
         sys.modules["click_repl"] = stub
+    # After the stub is in place: celery.bin imports click_repl.
     from celery.bin.celery import main as celery_main
 
     sys.argv = ["celery", "-A", "hubfly", "worker", *(sys.argv[1:] if argv is None else argv)]

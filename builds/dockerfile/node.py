@@ -12,7 +12,7 @@ Decisions that differ from the Go original on purpose (its detection defects):
 
 import re
 
-from builds.dockerfile import jsframeworks, static
+from builds.dockerfile import jsframeworks, webserver
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import ENTRY_POINT, MARKER, PROJECT, Detection, Recipe, safe_relative_path
 from builds.dockerfile.writer import Cache, Dockerfile
@@ -91,7 +91,7 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
             det.fatal = (f"the {det.framework} front end has no build script (and no production start script); "
                          "add a build script or set buildCommand")
             return det
-        det.static_dir, det.port = static_dir, static.DEFAULT_PORT
+        det.static_dir, det.port = static_dir, webserver.DEFAULT_PORT
         det.confidence = ENTRY_POINT if files.any_file("index.html", "public/index.html", "src/index.html") \
             or det.framework in ("angular", "nuxt", "sveltekit", "astro", "gatsby", "next") else PROJECT
         if "laravel-vite-plugin" in deps:
@@ -312,7 +312,7 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
 
     if recipe.static_dir is not None:
         source = f"{workdir}/" if recipe.static_dir == "." else f"{workdir}/{recipe.static_dir}/"
-        static.server_stage(df, recipe.static_image, recipe.port, from_stage="build", source=source)
+        webserver.server_stage(df, recipe.static_image, recipe.port, from_stage="build", source=source)
         return df.text()
     if recipe.install and pm in _PRUNE and not hints.get("workspace") and _can_prune(recipe.run or "", hints):
         df.run(_PRUNE[pm], caches)

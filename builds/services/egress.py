@@ -18,6 +18,7 @@ EGRESS_REFUSED rather than fetching something nobody checked.
 """
 
 import ipaddress
+import json
 import re
 import socket
 from dataclasses import dataclass, field
@@ -104,8 +105,6 @@ def _instructions(text: str):
 
 
 def _json_words(rest: str) -> list[str]:
-    import json
-
     try:
         value = json.loads(rest)
     except ValueError:

@@ -81,6 +81,7 @@ def prune_broker() -> int:
     invisible, and the table grows without end."""
     if not settings.BROKER_IS_SQLA:
         return 0
+    # Here: only the SQLite broker's processes load SQLAlchemy.
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(settings.BROKER_SQLALCHEMY_URL, **settings.CELERY_BROKER_TRANSPORT_OPTIONS)
