@@ -35,6 +35,25 @@ def iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+def report_fields(job: Job) -> dict:
+    """What was built (the job JSON's and the callback's `image`, `steps`, `cache` and phase
+    times), from the report the last attempt wrote; None where it did not get that far."""
+    report = job.report or {}
+    phases = report.get("phases") or {}
+    queued = None
+    if job.started_at and job.created_at:
+        queued = round(max((job.started_at - job.created_at).total_seconds(), 0.0), 3)
+    return {
+        "image": report.get("image"),
+        "steps": report.get("steps"),
+        "cache": report.get("cache"),
+        "queuedSeconds": queued,
+        "fetchSeconds": phases.get("fetch"),
+        "buildSeconds": phases.get("build"),
+        "pushSeconds": phases.get("push"),
+    }
+
+
 def outcome_payload(job: Job) -> dict:
     return {
         "id": job.id,
@@ -52,6 +71,7 @@ def outcome_payload(job: Job) -> dict:
         "error": job.error or None,
         "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
         "retryCount": job.retry_count,
+        **report_fields(job),
     }
 
 

@@ -21,7 +21,7 @@ from builds import errors
 from builds.errors import BuildError
 from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
 from builds.services import dispatch, lifecycle, logs, queue
-from builds.services.callbacks import iso
+from builds.services.callbacks import iso, report_fields
 
 
 class JobConflict(Exception):
@@ -236,4 +236,5 @@ def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> di
         "worker": job.worker or None,
         "priority": PRIORITY_NAMES.get(job.priority, "normal"),
         "queue": queue_place,
+        **report_fields(job),
     }

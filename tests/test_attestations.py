@@ -1,0 +1,172 @@
+"""What a pushed image carries and what the job tells about its build (issue 15, items 1-3):
+provenance and SBOM attestations, OCI annotations and labels, and the job's image, steps, cache
+and phase times. Everything is read back from the real registry by digest, with the builder's
+credentials (the test registry refuses anonymous reads).
+
+The SBOM scanner is the one tests/support/baseimages.py makes (syft behind
+configs/sbom-scanner/scan.sh), pushed where BuildKit looks for its default scanner.
+"""
+
+import json
+import secrets
+import urllib.parse
+
+import pytest
+
+from tests.conftest import REGISTRY_ADDR
+from tests.support import registry
+from tests.support.jobs import log_text, new_id, submit, wait_final
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
+
+REPO = "tester/demo-project"
+BASE = "FROM debian:bookworm-slim\n"
+JOB_ID_KEY = "dev.hubfly.builder.job-id"
+PROVENANCE = "https://slsa.dev/provenance/v0.2"
+SPDX = "https://spdx.dev/Document"
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, f"{user}:{password}@{parts.netloc}", parts.path, "", ""))
+
+
+def attestations(digest: str) -> dict[str, dict]:
+    """predicate type -> predicate, of the attestation manifests the image's index holds."""
+    media_type, index = registry.get_manifest(REGISTRY_ADDR, REPO, digest)
+    if media_type not in registry.INDEX_TYPES:
+        return {}
+    found = {}
+    for entry in index["manifests"]:
+        if (entry.get("annotations") or {}).get("vnd.docker.reference.type") != "attestation-manifest":
+            continue
+        _, manifest = registry.get_manifest(REGISTRY_ADDR, REPO, entry["digest"])
+        for layer in manifest["layers"]:
+            statement = json.loads(registry.get_blob(REGISTRY_ADDR, REPO, layer["digest"]))
+            found[statement["predicateType"]] = statement["predicate"]
+    return found
+
+
+def everything_pushed(digest: str) -> str:
+    """The index, manifests, configs and attestation blobs of the image, as one text."""
+    texts = []
+    media_type, top = registry.get_manifest(REGISTRY_ADDR, REPO, digest)
+    manifests = [top]
+    if media_type in registry.INDEX_TYPES:
+        manifests += [registry.get_manifest(REGISTRY_ADDR, REPO, e["digest"])[1] for e in top["manifests"]]
+    for manifest in manifests:
+        texts.append(json.dumps(manifest))
+        if "config" in manifest:
+            texts.append(registry.get_blob(REGISTRY_ADDR, REPO, manifest["config"]["digest"]).decode(errors="replace"))
+        for layer in manifest.get("layers", []):
+            if "in-toto" in layer["mediaType"]:
+                texts.append(registry.get_blob(REGISTRY_ADDR, REPO, layer["digest"]).decode(errors="replace"))
+    return "\n".join(texts)
+
+
+def test_provenance_and_sbom_name_the_commit_and_repository_without_credentials(api, worker, git_server):
+    repo = git_server.repo(new_id("attest"))
+    sha = repo.commit({"Dockerfile": BASE + "RUN echo attested > /a.txt\n"})
+    password = secrets.token_hex(12)
+    job_id = submit(api, with_credentials(repo.url, "deploy", password))
+    job = wait_final(job_id, timeout=240)
+    assert job.status == "success", (job.error_code, job.error, log_text(api, job_id))
+
+    found = attestations(job.image_digest)
+    assert set(found) == {PROVENANCE, SPDX}, found.keys()
+    provenance = found[PROVENANCE]
+    vcs = provenance["metadata"]["https://mobyproject.org/buildkit@v1#metadata"]["vcs"]
+    assert vcs == {"source": repo.url, "revision": sha}
+    materials = [m["uri"] for m in provenance["materials"]]
+    assert any(uri.startswith("pkg:docker/debian@bookworm-slim") for uri in materials), materials
+    assert all(m["digest"].get("sha256") for m in provenance["materials"])
+    # mode=max: the build's steps are in it.
+    assert "RUN echo attested" in json.dumps(provenance["buildConfig"])
+    sbom = found[SPDX]
+    assert sbom["spdxVersion"].startswith("SPDX-") and any(p["name"] == "ca-certificates" for p in sbom["packages"])
+
+    pushed = everything_pushed(job.image_digest)
+    assert password not in pushed and "deploy:" not in pushed
+
+
+def test_annotations_and_labels_name_source_revision_project_and_job(api, worker, git_server):
+    repo = git_server.repo(new_id("annotated"))
+    sha = repo.commit({"Dockerfile": BASE + "RUN echo labelled > /l.txt\n"})
+    password = secrets.token_hex(12)
+    job_id = submit(api, with_credentials(repo.url, "deploy", password) + "?token=" + password)
+    job = wait_final(job_id, timeout=240)
+    assert job.status == "success", (job.error_code, job.error, log_text(api, job_id))
+
+    expected = {
+        "org.opencontainers.image.source": repo.url,
+        "org.opencontainers.image.revision": sha,
+        "org.opencontainers.image.title": "demo-project",
+        JOB_ID_KEY: job_id,
+    }
+    _, index = registry.get_manifest(REGISTRY_ADDR, REPO, job.image_digest)
+    manifest = registry.get_image_manifest(REGISTRY_ADDR, REPO, job.image_digest)
+    labels = registry.get_image_config(REGISTRY_ADDR, REPO, job.image_digest)["config"]["Labels"]
+    for where in (index["annotations"], manifest["annotations"], labels):
+        assert {k: where.get(k) for k in expected} == expected
+        assert where["org.opencontainers.image.created"].endswith("Z")
+    assert password not in everything_pushed(job.image_digest)
+
+
+def test_a_job_may_push_without_attestations(api, worker, git_server):
+    repo = git_server.repo(new_id("plain"))
+    repo.commit({"Dockerfile": BASE + "RUN echo plain > /p.txt\n"})
+    job_id = submit(api, repo.url, attestations=False)
+    job = wait_final(job_id, timeout=240)
+    assert job.status == "success", (job.error_code, job.error, log_text(api, job_id))
+    media_type, manifest = registry.get_manifest(REGISTRY_ADDR, REPO, job.image_digest)
+    assert media_type not in registry.INDEX_TYPES and attestations(job.image_digest) == {}
+    # The annotations and labels are there all the same.
+    assert manifest["annotations"][JOB_ID_KEY] == job_id
+    assert registry.get_image_config(REGISTRY_ADDR, REPO, job.image_digest)["config"]["Labels"][JOB_ID_KEY] == job_id
+
+
+@pytest.mark.parametrize("value", ["false", 0, None, "no"])
+def test_attestations_must_be_a_boolean(api, value):
+    data = {"id": new_id(), "projectId": "p", "userId": "u", "sourceInfo": {"gitRepository": "https://example.com/r.git"},
+            "buildConfig": {"attestations": value}}
+    response = api.post("/api/v1/jobs", data, format="json")
+    assert response.status_code == 400, response.content
+    assert "attestations" in response.json()["fields"]["buildConfig"]
+
+
+def test_a_rebuild_reports_its_cached_steps_and_the_image_as_pushed(api, worker, git_server, receiver):
+    repo = git_server.repo(new_id("steps"))
+    marker = secrets.token_hex(8)
+    repo.commit({"Dockerfile": BASE + f"RUN echo {marker} > /one.txt\nRUN echo two > /two.txt\n"})
+    first_id = submit(api, repo.url)
+    first = wait_final(first_id, timeout=240)
+    assert first.status == "success", (first.error_code, first.error, log_text(api, first_id))
+    second_id = submit(api, repo.url)
+    second = wait_final(second_id, timeout=240)
+    assert second.status == "success", (second.error_code, second.error, log_text(api, second_id))
+
+    before, after = api.get(f"/api/v1/jobs/{first_id}").json(), api.get(f"/api/v1/jobs/{second_id}").json()
+    assert [s["name"].split("] ", 1)[1] for s in after["steps"]] == [
+        "FROM docker.io/library/debian:bookworm-slim" + after["steps"][0]["name"].split("bookworm-slim", 1)[1],
+        f"RUN echo {marker} > /one.txt", "RUN echo two > /two.txt",
+    ]
+    assert [s["index"] for s in after["steps"]] == [1, 2, 3]
+    runs = lambda job: [s for s in job["steps"] if "] RUN " in s["name"]]  # noqa: E731
+    assert [s["cached"] for s in runs(before)] == [False, False]
+    assert all(s["seconds"] > 0 for s in runs(before))
+    assert [s["cached"] for s in runs(after)] == [True, True]
+    assert after["cache"] == {"steps": 3, "cached": sum(s["cached"] for s in after["steps"])}
+    assert after["cache"]["cached"] >= 2 and before["cache"]["cached"] < after["cache"]["cached"]
+
+    manifest = registry.get_image_manifest(REGISTRY_ADDR, REPO, second.image_digest)
+    assert after["image"] == {"sizeBytes": sum(layer["size"] for layer in manifest["layers"]),
+                              "layers": len(manifest["layers"]), "platform": "linux/amd64"}
+    for job in (before, after):
+        for phase in ("queuedSeconds", "fetchSeconds", "buildSeconds", "pushSeconds"):
+            assert isinstance(job[phase], float) and job[phase] >= 0, (phase, job[phase])
+        assert job["durationSeconds"] >= job["fetchSeconds"] + job["buildSeconds"]
+
+    (callback,) = receiver.wait_for(second_id)
+    assert {k: callback.json[k] for k in ("image", "steps", "cache", "buildSeconds")} == {
+        k: after[k] for k in ("image", "steps", "cache", "buildSeconds")
+    }
