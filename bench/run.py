@@ -88,6 +88,7 @@ MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", 
            "memory": "memory", "faults": "faults"}
 NO_INSTANCE = ("git", "fairqueue", "webvariants")  # these start what they measure themselves
 INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
+RESTARTING = ("throughput", "faults", "memory", "attest")  # these start the instance with settings of their own
 
 
 def instance_env(args) -> dict[str, str]:
@@ -158,8 +159,6 @@ def main(argv=None) -> int:
             ctx.base_images = base_images_wanted(args)
             t = time.monotonic()
             infra.start(ctx.base_images)
-            if not ctx.base_images:  # the SBOM scanner image is pushed with the base images
-                base_env.setdefault("ATTEST_SBOM", "false")
             print(f"bench: registry {infra.registry_addr} and buildkitd up"
                   f"{' with base images' if ctx.base_images else ''} in {time.monotonic() - t:.1f} s", flush=True)
         else:
@@ -175,12 +174,12 @@ def main(argv=None) -> int:
         for name in args.benches:
             t = time.monotonic()
             print(f"\n== {name} ==  (load average {support.load_average()})", flush=True)
-            if name not in NO_INSTANCE + INFRA_ONLY + ("throughput", "faults", "memory") and ctx.instance is None:
+            if name not in NO_INSTANCE + INFRA_ONLY + RESTARTING and ctx.instance is None:
                 restart()
             module = importlib.import_module(f"bench.{MODULES[name]}")
             if name == "rebuild":
                 module.run(ctx, args.app)
-            elif name in ("throughput", "faults", "memory"):
+            elif name in RESTARTING:
                 module.run(ctx, restart)
             else:
                 module.run(ctx)

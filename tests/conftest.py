@@ -61,7 +61,7 @@ def infra():
              "registry_proc": registry, "buildkitd_proc": buildkitd}
     try:
         infra["images"] = ensure_base_images(REGISTRY_ADDR, CACHE_DIR, BUILDKIT_ADDR,
-                                             images=("debian", "dockerfile-frontend", "sbom-scanner"))
+                                             images=("debian", "dockerfile-frontend"))
         yield infra
     finally:
         localservices.stop(infra["buildkitd_proc"])

@@ -3,18 +3,26 @@ provenance and SBOM attestations, OCI annotations and labels, and the job's imag
 and phase times. Everything is read back from the real registry by digest, with the builder's
 credentials (the test registry refuses anonymous reads).
 
-The SBOM scanner is the one tests/support/baseimages.py makes (syft behind
-configs/sbom-scanner/scan.sh), pushed where BuildKit looks for its default scanner.
+The test environment turns attestations off (tests/testenv.py: they would cost every other
+test's build a push of more manifests), so this module's builds run on a worker of its own with
+provenance on. The SBOM test is marked `downloads`: its scanner is the one
+tests/support/baseimages.py makes (syft from the Go module proxy behind
+configs/sbom-scanner/scan.sh, minutes to compile on a cold cache), pushed where BuildKit looks for
+its default scanner, so only the session of the downloading tests pays for it.
 """
 
+import contextlib
 import json
 import secrets
 import urllib.parse
 
 import pytest
+from django.test import override_settings
 
-from tests.conftest import REGISTRY_ADDR
+from builds.services import buildkit
+from tests.conftest import CACHE_DIR, REGISTRY_ADDR, Worker
 from tests.support import registry
+from tests.support.baseimages import ensure_base_images
 from tests.support.jobs import log_text, new_id, submit, wait_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("live_db")]
@@ -24,6 +32,33 @@ BASE = "FROM debian:bookworm-slim\n"
 JOB_ID_KEY = "dev.hubfly.builder.job-id"
 PROVENANCE = "https://slsa.dev/provenance/v1"
 SPDX = "https://spdx.dev/Document"
+
+
+@contextlib.contextmanager
+def replacing(worker: Worker, name: str, **env: str):
+    """Another build worker in place of `worker` (it would take the jobs too), started again after."""
+    worker.stop()
+    other = Worker(name, concurrency=2, extra_env=env)
+    try:
+        yield other
+    finally:
+        other.stop()
+        worker.start()
+
+
+@pytest.fixture(scope="module")
+def attesting_worker(worker):
+    """A worker with provenance as in production (mode=max); no SBOM, which needs the scanner."""
+    with replacing(worker, "attest", ATTEST_PROVENANCE="max", ATTEST_SBOM="false") as w:
+        yield w
+
+
+@pytest.fixture
+def sbom_worker(attesting_worker, infra):
+    """A worker with the production defaults, provenance and SBOM, and the scanner image in place."""
+    ensure_base_images(infra["registry"], CACHE_DIR, infra["buildkit"], images=("debian", "sbom-scanner"))
+    with replacing(attesting_worker, "attest-sbom", ATTEST_PROVENANCE="max", ATTEST_SBOM="true") as w:
+        yield w
 
 
 def with_credentials(url: str, user: str, password: str) -> str:
@@ -64,16 +99,22 @@ def everything_pushed(digest: str) -> str:
     return "\n".join(texts)
 
 
-def test_provenance_and_sbom_name_the_commit_and_repository_without_credentials(api, worker, git_server):
-    repo = git_server.repo(new_id("attest"))
-    sha = repo.commit({"Dockerfile": BASE + "RUN echo attested > /a.txt\n"})
+def build_with_credentials(api, git_server, name: str, dockerfile: str):
+    """A built job whose repository URL carried a user and password: (repo, job, commit, password)."""
+    repo = git_server.repo(new_id(name))
+    sha = repo.commit({"Dockerfile": dockerfile})
     password = secrets.token_hex(12)
     job_id = submit(api, with_credentials(repo.url, "deploy", password))
     job = wait_final(job_id, timeout=240)
     assert job.status == "success", (job.error_code, job.error, log_text(api, job_id))
+    return repo, job, sha, password
+
+
+def test_provenance_names_the_commit_repository_and_materials_without_credentials(api, attesting_worker, git_server):
+    repo, job, sha, password = build_with_credentials(api, git_server, "attest", BASE + "RUN echo attested > /a.txt\n")
 
     found = attestations(job.image_digest)
-    assert set(found) == {PROVENANCE, SPDX}, found.keys()
+    assert set(found) == {PROVENANCE}, found.keys()
     provenance = found[PROVENANCE]
     vcs = provenance["runDetails"]["metadata"]["buildkit_metadata"]["vcs"]
     assert vcs == {"source": repo.url, "revision": sha}
@@ -82,20 +123,30 @@ def test_provenance_and_sbom_name_the_commit_and_repository_without_credentials(
     assert all(m["digest"].get("sha256") for m in materials)
     # mode=max: the build's steps are in it.
     assert "echo attested > /a.txt" in json.dumps(provenance["buildDefinition"]["internalParameters"]["buildConfig"])
-    sbom = found[SPDX]
-    assert sbom["spdxVersion"].startswith("SPDX-") and any(p["name"] == "ca-certificates" for p in sbom["packages"])
 
     pushed = everything_pushed(job.image_digest)
     assert password not in pushed and "deploy:" not in pushed
 
 
-def test_annotations_and_labels_name_source_revision_project_and_job(api, worker, git_server):
-    repo = git_server.repo(new_id("annotated"))
-    sha = repo.commit({"Dockerfile": BASE + "RUN echo labelled > /l.txt\n"})
-    password = secrets.token_hex(12)
-    job_id = submit(api, with_credentials(repo.url, "deploy", password))
-    job = wait_final(job_id, timeout=240)
-    assert job.status == "success", (job.error_code, job.error, log_text(api, job_id))
+@pytest.mark.downloads
+@pytest.mark.timeout(1800)  # the scanner's syft compiles from source on a cold cache
+def test_sbom_lists_the_image_packages_beside_the_provenance(api, sbom_worker, git_server):
+    repo, job, sha, password = build_with_credentials(api, git_server, "sbom", BASE + "RUN echo scanned > /s.txt\n")
+
+    found = attestations(job.image_digest)
+    assert set(found) == {PROVENANCE, SPDX}, found.keys()
+    assert found[PROVENANCE]["runDetails"]["metadata"]["buildkit_metadata"]["vcs"] == {"source": repo.url,
+                                                                                       "revision": sha}
+    sbom = found[SPDX]
+    assert sbom["spdxVersion"].startswith("SPDX-") and any(p["name"] == "ca-certificates" for p in sbom["packages"])
+    pushed = everything_pushed(job.image_digest)
+    assert password not in pushed and "deploy:" not in pushed
+
+
+def test_annotations_and_labels_name_source_revision_project_and_job(api, attesting_worker, git_server):
+    repo, job, sha, password = build_with_credentials(api, git_server, "annotated",
+                                                      BASE + "RUN echo labelled > /l.txt\n")
+    job_id = job.id
 
     expected = {
         "org.opencontainers.image.source": repo.url,
@@ -112,7 +163,7 @@ def test_annotations_and_labels_name_source_revision_project_and_job(api, worker
     assert password not in everything_pushed(job.image_digest)
 
 
-def test_a_job_may_push_without_attestations(api, worker, git_server):
+def test_a_job_may_push_without_attestations(api, attesting_worker, git_server):
     repo = git_server.repo(new_id("plain"))
     repo.commit({"Dockerfile": BASE + "RUN echo plain > /p.txt\n"})
     job_id = submit(api, repo.url, attestations=False)
@@ -134,7 +185,7 @@ def test_attestations_must_be_a_boolean(api, value):
     assert "attestations" in response.json()["fields"]["buildConfig"]
 
 
-def test_a_rebuild_reports_its_cached_steps_and_the_image_as_pushed(api, worker, git_server, receiver):
+def test_a_rebuild_reports_its_cached_steps_and_the_image_as_pushed(api, attesting_worker, git_server, receiver):
     repo = git_server.repo(new_id("steps"))
     marker = secrets.token_hex(8)
     repo.commit({"Dockerfile": BASE + f"RUN echo {marker} > /one.txt\nRUN echo two > /two.txt\n"})
@@ -170,3 +221,24 @@ def test_a_rebuild_reports_its_cached_steps_and_the_image_as_pushed(api, worker,
     assert {k: callback.json[k] for k in ("image", "steps", "cache", "buildSeconds")} == {
         k: after[k] for k in ("image", "steps", "cache", "buildSeconds")
     }
+
+
+def test_the_settings_choose_the_attestations_buildctl_is_asked_for(tmp_path):
+    request = buildkit.BuildRequest(context_dir=tmp_path, dockerfile_dir=tmp_path, dockerfile_name="Dockerfile",
+                                    repository="127.0.0.1:5000/u/p", cache_ref=None, metadata_file=tmp_path / "m.json",
+                                    metadata={JOB_ID_KEY: "job-1"})
+
+    def asked(**overrides) -> tuple[list[str], str]:
+        with override_settings(**overrides):
+            argv, _ = buildkit.command(request)
+        attest = [value for flag, value in zip(argv, argv[1:]) if flag == "--opt" and value.startswith("attest:")]
+        return attest, argv[argv.index("--output") + 1]
+
+    attest, output = asked(ATTEST_PROVENANCE="max", ATTEST_SBOM=True, SBOM_SCANNER_IMAGE="")
+    assert attest == ["attest:provenance=mode=max", "attest:sbom="]
+    assert f"annotation-index.{JOB_ID_KEY}=job-1" in output
+    attest, _ = asked(ATTEST_PROVENANCE="min", ATTEST_SBOM=True, SBOM_SCANNER_IMAGE="registry:5000/hubfly/sbom:1")
+    assert attest == ["attest:provenance=mode=min", "attest:sbom=generator=registry:5000/hubfly/sbom:1"]
+    # Both off (the test environment's setting): a plain manifest, annotated all the same.
+    attest, output = asked(ATTEST_PROVENANCE="off", ATTEST_SBOM=False)
+    assert attest == [] and "annotation-index." not in output and f"annotation.{JOB_ID_KEY}=job-1" in output

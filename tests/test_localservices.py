@@ -57,7 +57,7 @@ def services(tmp_path_factory):
             registry_addr,
             baseimages.default_cache_dir(),
             buildkit_addr,
-            images=("debian", "dockerfile-frontend", "sbom-scanner", "node", "python", "golang"),
+            images=("debian", "dockerfile-frontend", "node", "python", "golang"),
         )
         yield {"registry": registry_addr, "buildkit": buildkit_addr, "images": images, "data_dir": data_dir}
     finally:
