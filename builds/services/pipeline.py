@@ -215,7 +215,7 @@ class BuildDirector:
         manifest, media_type = writer.read_manifest(digest)
         try:
             self.report["image"] = writer.image_summary(manifest)
-        except (ValueError, KeyError, TypeError) as exc:  # the tag matters more than the summary
+        except (errors.TransientError, ValueError, KeyError, TypeError) as exc:  # the tag matters more
             self.log.line(f"could not read the image's size and platform: {exc}")
         if not lifecycle.job_fence(job_id=self.job.id, lease=self.lease):
             if lifecycle.cancel_requested(self.job.id):
