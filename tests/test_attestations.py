@@ -19,6 +19,7 @@ import urllib.parse
 import pytest
 from django.test import override_settings
 
+from builds import errors
 from builds.services import buildkit
 from tests.conftest import CACHE_DIR, REGISTRY_ADDR, Worker
 from tests.support import registry
@@ -174,6 +175,23 @@ def test_a_job_may_push_without_attestations(api, attesting_worker, git_server):
     # The annotations and labels are there all the same.
     assert manifest["annotations"][JOB_ID_KEY] == job_id
     assert registry.get_image_config(REGISTRY_ADDR, REPO, job.image_digest)["config"]["Labels"][JOB_ID_KEY] == job_id
+
+
+def test_a_scanner_that_cannot_be_pulled_fails_the_build_as_ours_and_opting_out_still_builds(
+        api, attesting_worker, git_server):
+    repo = git_server.repo(new_id("noscanner"))
+    repo.commit({"Dockerfile": "FROM scratch\nCOPY Dockerfile /Dockerfile\n"})
+    with replacing(attesting_worker, "no-scanner", ATTEST_PROVENANCE="max", ATTEST_SBOM="true",
+                   SBOM_SCANNER_IMAGE="hubfly-test/no-such-scanner:1", MAX_RETRIES="0"):
+        failed_id = submit(api, repo.url)
+        failed = wait_final(failed_id, timeout=240)
+        plain_id = submit(api, repo.url, attestations=False)
+        plain = wait_final(plain_id, timeout=240)
+    assert (failed.status, failed.error_code) == ("failed", errors.SBOM_SCANNER_UNAVAILABLE), log_text(api, failed_id)
+    assert "docker.io/hubfly-test/no-such-scanner:1" in failed.error and "ATTEST_SBOM=false" in failed.error
+    assert api.get(f"/api/v1/jobs/{failed_id}").json()["failure"] == {"type": "infrastructure", "step": None,
+                                                                      "retryable": True}
+    assert plain.status == "success", (plain.error_code, plain.error, log_text(api, plain_id))
 
 
 @pytest.mark.parametrize("value", ["false", 0, None, "no"])

@@ -32,6 +32,7 @@ from django.conf import settings
 
 from builds import errors
 from builds.errors import TransientError, UserError
+from builds.services import egress
 
 _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
 _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
@@ -45,6 +46,8 @@ _VERTEX_CACHED = re.compile(r"^#(\d+) CACHED$")
 # A Dockerfile instruction's vertex: "[2/3] RUN ..." or "[build 2/5] COPY ...".
 _DOCKERFILE_STEP = re.compile(r"^\[(?:[^\]\s]+ )?\d+/\d+\] ")
 _EXPORT = "exporting to image"
+# The scanner `attest:sbom` runs when SBOM_SCANNER_IMAGE names none (BuildKit's default).
+DEFAULT_SBOM_SCANNER = "docker/buildkit-syft-scanner:stable-1"
 _CPU_PERIOD = 100_000
 
 
@@ -320,6 +323,14 @@ def _classify(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     output = "\n".join(tail)
     reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tracker.failure or (tail[-1] if tail else ""))
     reason = reason.removeprefix("error: ").strip()
+    scanner = egress.image_name(settings.SBOM_SCANNER_IMAGE or DEFAULT_SBOM_SCANNER)
+    if settings.ATTEST_SBOM and f"failed to resolve source metadata for {scanner}" in output:
+        # The operator's setting, not the repository's base image: ours to fix, and retried
+        # like any image a registry did not serve.
+        return TransientError(
+            f"the SBOM scanner image {scanner} cannot be pulled (set SBOM_SCANNER_IMAGE to one buildkitd can pull, "
+            f"or ATTEST_SBOM=false): {reason}", code=errors.SBOM_SCANNER_UNAVAILABLE,
+        )
     if re.search(r"denied by policy", output):
         return UserError(
             f"the build tried to fetch a source that builds may not reach: {reason}", code=errors.EGRESS_REFUSED

@@ -53,12 +53,17 @@ class SourceCheck:
         return {"rules": rules}
 
 
-def allow_image(reference: str) -> list[dict]:
-    """Rules that let buildkitd pull one operator-chosen image (the SBOM scanner), as BuildKit
-    names it: a reference without a registry is Docker Hub's."""
+def image_name(reference: str) -> str:
+    """An image reference as BuildKit names it: one without a registry is Docker Hub's."""
     first, _, rest = reference.partition("/")
     if not rest or not ("." in first or ":" in first or first == "localhost"):
-        reference = f"docker.io/{reference if rest else 'library/' + reference}"
+        return f"docker.io/{reference if rest else 'library/' + reference}"
+    return reference
+
+
+def allow_image(reference: str) -> list[dict]:
+    """Rules that let buildkitd pull one operator-chosen image (the SBOM scanner)."""
+    reference = image_name(reference)
     return [_rule("ALLOW", f"docker-image://{reference}"), _rule("ALLOW", f"docker-image://{reference}@*")]
 
 
