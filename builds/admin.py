@@ -2,7 +2,7 @@
 result, callback deliveries and log, followed live while it runs; cancel and rebuild.
 
 Nobody edits a job by hand: every change goes through the same services as the API
-(`lifecycle.job_cancel`, `jobs.job_create`). Who may do what:
+(`lifecycle.job_cancel`, `jobs.job_submit`). Who may do what:
 - `builds.view_job` (e.g. a read-only group): browse jobs, read and download logs;
 - `builds.change_job`: also cancel and rebuild. It never makes fields editable.
 """
@@ -19,10 +19,9 @@ from django.utils.html import format_html, format_html_join
 
 from rest_framework.exceptions import ValidationError
 
-from builds import errors
-from builds.api.errors import ApiError, first_message
-from builds.api.serializers import JobCreateInput
-from builds.api.views import check_generation_settings
+from builds import errors, presentation
+from builds.errors import UserError
+from builds.api.errors import first_message
 from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, TenantLimit
 from builds.services import callbacks, follow, jobs, lifecycle, logs, queue, rebuild
 
@@ -136,11 +135,11 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="source")
     def source(self, job):
-        return _pretty(jobs.masked_source_info(job))
+        return _pretty(presentation.masked_source_info(job))
 
     @admin.display(description="build settings")
     def settings(self, job):
-        return _pretty(jobs.masked_build_config(job))
+        return _pretty(presentation.masked_build_config(job))
 
     @admin.display(description="failure")
     def failure(self, job):
@@ -334,12 +333,9 @@ class JobAdmin(admin.ModelAdmin):
     def _rebuild(self, request, job: Job) -> Job | None:
         """Validated exactly like an API request, so today's policy (allowed hosts, commands)
         applies to the rebuild."""
-        data = JobCreateInput(data=rebuild.rebuild_request(job))
         try:
-            data.is_valid(raise_exception=True)
-            check_generation_settings(data.validated_data.get("buildConfig") or {})
-            new, _ = jobs.job_create(data=data.validated_data)
-        except (ApiError, ValidationError, jobs.JobConflict, jobs.SecretsUnreadable) as exc:
+            new, _ = jobs.job_submit(request=rebuild.rebuild_request(job))
+        except (UserError, ValidationError, jobs.JobConflict, jobs.SecretsUnreadable) as exc:
             reason = first_message(exc.detail) if isinstance(exc, ValidationError) else getattr(exc, "message", "id taken")
             self.message_user(request, f"Cannot rebuild job {job.id}: {reason}", messages.ERROR)
             return None

@@ -1,6 +1,5 @@
 """Worker start-up hooks."""
 
-import ctypes
 import logging
 import os
 import select
@@ -8,9 +7,12 @@ import threading
 import time
 
 from celery.signals import worker_process_init, worker_ready
+from django.conf import settings
+from django.db import connection
+
+from builds.services import dispatch, housekeeping, process, reaper
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
 
 
 def _watch_parent(parent: int) -> None:
@@ -24,8 +26,6 @@ def _watch_parent(parent: int) -> None:
         select.select([pidfd], [], [])
     while os.getppid() == parent:
         time.sleep(0.5)
-    from builds.services import process
-
     process.kill_all_groups()
     os._exit(1)
 
@@ -38,15 +38,10 @@ def _die_with_worker(**_):
     # when the parent *thread* that forked the process exits: billiard forks replacement
     # processes from its worker-handler thread, which stops at shutdown, so a warm shutdown
     # SIGKILLed healthy builds running in replaced processes. We clear it and watch instead.
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    process.set_parent_death_signal(0)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     # Pool processes publish the callback task when a build ends. In a thread: a pool process
     # that is not up within a few seconds is replaced, and a broker may be slow to answer.
-    from builds.services import dispatch
-
     threading.Thread(target=dispatch.warm_up, name="broker-warm-up", daemon=True).start()
 
 
@@ -54,15 +49,11 @@ def _die_with_worker(**_):
 def _warm_up_broker(**_):
     # A threads pool (the Procfile's) publishes callbacks from this process, which no
     # worker_process_init reaches.
-    from builds.services import dispatch
-
     threading.Thread(target=dispatch.warm_up, name="broker-warm-up", daemon=True).start()
 
 
 @worker_ready.connect
 def _take_back_jobs_of_dead_local_workers(**_):
-    from builds.services import reaper
-
     taken = reaper.reap_dead_local_workers()
     if taken:
         log.info("took back %d job(s) of worker processes that died on this host", taken)
@@ -77,11 +68,6 @@ def _prune_this_hosts_workspaces(**_):
 
 
 def _prune_workspaces_forever() -> None:
-    from django.conf import settings
-    from django.db import connection
-
-    from builds.services import housekeeping
-
     while True:
         try:
             removed = housekeeping.prune_workspaces()

@@ -2,7 +2,7 @@
 
 kombu's virtual transports find new messages by polling: after an empty poll the worker sleeps
 `polling_interval`. A short interval costs an idle worker CPU, a long one delays every build
-(platform notes A1). Here every process that consumes binds a UNIX datagram socket in a directory
+(kombu's default for it is 1 s). Here every process that consumes binds a UNIX datagram socket in a directory
 next to the SQLite broker file, named after the queues it consumes; a publisher sends an empty
 datagram to the sockets of the message's queue once the message is committed, and the consumer
 waits on its socket instead of sleeping. Polling stays as the safety net: a lost ring costs one

@@ -22,6 +22,7 @@ control_socket_disable = True
 
 
 def post_worker_init(worker):
+    # gunicorn reads this file before Django is set up; the worker has set it up by now.
     from builds.services import dispatch
 
     dispatch.warm_up()

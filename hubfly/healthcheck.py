@@ -14,6 +14,7 @@ import time
 
 
 def failing(names: list[str]) -> str | None:
+    # Django is set up by main(), after the command line is read; these need it.
     from django.db import connection
 
     from builds.services import health

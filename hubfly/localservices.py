@@ -142,10 +142,22 @@ def htpasswd_line(credentials: Credentials) -> str:
     return f"{credentials.username}:{hashed}\n"
 
 
-def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True, network=None) -> str:
-    lines = [
-        f'root = "{data_dir / "buildkit"}"',
-        "",
+# The compose stack's buildkitd (docker-compose.yml): its registry on the compose network, the
+# image's CNI plugins and the network state its entrypoint writes (configs/buildkitd-entrypoint.sh).
+COMPOSE_BUILDKITD_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "buildkitd.toml"
+COMPOSE_REGISTRY = "registry:5000"
+COMPOSE_CNI = ("/var/lib/buildkit/buildnet/cni.conflist", "/usr/lib/cni")
+
+
+def buildkitd_config(registry_addr: str, *, root: Path | None = None, mirror: bool = True,
+                     cni: tuple[str, str] | None = None) -> str:
+    """The one buildkitd configuration, for a local buildkitd (with its root and this host's
+    build network) and for compose (configs/buildkitd.toml is this function's output,
+    `python -m hubfly.localservices buildkitd-config > configs/buildkitd.toml`; a test checks
+    that it is current). `cni`: the CNI configuration file and plugin directory of the network
+    RUN steps get."""
+    lines = [f'root = "{root}"', ""] if root is not None else []
+    lines += [
         "[history]",
         "  maxAge = 172800",
         "  maxEntries = 50",
@@ -153,17 +165,16 @@ def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True, ne
         "[worker.oci]",
         "  enabled = true",
     ]
-    if network is not None:
+    if cni is not None:
         # RUN steps in network namespaces of their own on our bridge; a small pool of ready
         # namespaces keeps the cost per step low (measured in bench/RESULTS.md).
         lines += [
             '  networkMode = "cni"',
-            f'  cniConfigPath = "{network.config_path}"',
-            f'  cniBinaryPath = "{buildnet.cni_binary_dir()}"',
+            f'  cniConfigPath = "{cni[0]}"',
+            f'  cniBinaryPath = "{cni[1]}"',
             "  cniPoolSize = 4",
         ]
     lines += [
-        '  platforms = ["linux/amd64"]',
         '  snapshotter = "auto"',
         "  gc = true",
         # The build cache keeps 2 GB at least and is trimmed above 20 GB or when the disk runs low.
@@ -183,6 +194,14 @@ def buildkitd_config(data_dir: Path, registry_addr: str, mirror: bool = True, ne
         # registry's mirror namespace, so builds need no route to Docker Hub.
         lines += ["", '[registry."docker.io"]', f'  mirrors = ["{registry_addr}/{MIRROR_PREFIX}"]']
     return "\n".join(lines) + "\n"
+
+
+def compose_buildkitd_config() -> str:
+    header = ("# buildkitd configuration of docker-compose.yml, made by hubfly.localservices.buildkitd_config\n"
+              "# (`python -m hubfly.localservices buildkitd-config > configs/buildkitd.toml`): the local\n"
+              "# buildkitd gets the same, with its own paths. RUN steps get a network namespace of their own\n"
+              "# on a CNI bridge whose egress policy the entrypoint installs (hubfly/buildnet.py).\n")
+    return header + buildkitd_config(COMPOSE_REGISTRY, mirror=False, cni=COMPOSE_CNI)
 
 
 def _spawn(argv: list[str], log_path: Path | None) -> subprocess.Popen:
@@ -257,7 +276,8 @@ def start_buildkitd(
     if network is not None:
         network.apply()
     config = data_dir / "buildkitd.toml"
-    config.write_text(buildkitd_config(data_dir, registry_addr, mirror, network))
+    cni = (str(network.config_path), buildnet.cni_binary_dir()) if network is not None else None
+    config.write_text(buildkitd_config(registry_addr, root=root, mirror=mirror, cni=cni))
     socket_path = _unix_socket_path(addr)
     if socket_path is not None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
                           "(REGISTRY_USERNAME/REGISTRY_PASSWORD, or generated once into the data directory)")
     auth.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))
     auth.add_argument("--htpasswd", required=True, help="where the registry reads its htpasswd file")
+    sub.add_parser("buildkitd-config", help="print the compose stack's buildkitd configuration "
+                   "(configs/buildkitd.toml)")
     args = parser.parse_args(argv)
+    if args.command == "buildkitd-config":
+        print(compose_buildkitd_config(), end="")
+        return 0
     if args.command == "registry-auth":
         path = Path(args.htpasswd)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,15 @@ id in the request path. `logging_config()` is used by Django's settings and by g
 config, so the web server's own lines (start-up, access log) take the same shape.
 """
 
-import json
 import logging
 import re
 import traceback
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
+
+import pythonjsonlogger.core
+import pythonjsonlogger.json
 
 _current_job: ContextVar[str | None] = ContextVar("hubfly_job_id", default=None)
 _JOB_PATH = re.compile(r"/jobs/([A-Za-z0-9._-]{1,128})(?:/|$|\?)")
@@ -74,26 +76,23 @@ class PlainFormatter(logging.Formatter):
         return f"{_timestamp(record)} {record.levelname} {record.name} {_one_line(message)}{suffix}"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, job_id, plus any `extra=` fields,
-    the fields of an access line, and the exception's traceback as one string."""
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object per line (python-json-logger): time, level, logger, message, job_id, pid,
+    any `extra=` fields, the fields of an access line, and the traceback as one string."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": _timestamp(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "job_id": getattr(record, "job_id", None),
-            "pid": record.process,
-        }
-        entry.update(_access_fields(record))
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry.setdefault(key, value)
-        if record.exc_info:
-            entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return json.dumps(entry, default=str, ensure_ascii=False)
+    def __init__(self, *args, **kwargs):
+        super().__init__(
+            "{levelname}{name}{message}{job_id}{process}", style="{",
+            rename_fields={"levelname": "level", "name": "logger", "process": "pid", "exc_info": "exception"},
+            reserved_attrs=[*pythonjsonlogger.core.RESERVED_ATTRS, "color_message"],
+            json_default=str, json_ensure_ascii=False,
+        )
+
+    def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
+        log_data["time"] = _timestamp(record)
+        super().add_fields(log_data, record, message_dict)
+        for key, value in _access_fields(record).items():
+            log_data.setdefault(key, value)
 
 
 def logging_config(log_format: str = "plain", level: str = "INFO") -> dict:

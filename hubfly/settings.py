@@ -78,6 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "builds.api.middleware.BodySizeLimitMiddleware",
+    "builds.api.middleware.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -108,7 +109,8 @@ TEMPLATES = [
 
 # Database: SQLite in DATA_DIR unless DATABASE_URL says otherwise. On SQLite, IMMEDIATE
 # transactions + WAL + a generous busy timeout keep several writers (web, workers, beat)
-# from failing with "database is locked" (see platform notes A2).
+# from failing with "database is locked": a DEFERRED transaction that reads, then writes, fails
+# at once when another writer holds the lock, whatever the busy timeout.
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
@@ -146,6 +148,10 @@ WHITENOISE_AUTOREFRESH = False
 # Threads of a web process that run the JSON API and the admin (hubfly/asgi.py); log streams
 # do not take one.
 WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
+# How long an API request waits out a database outage (a PostgreSQL restart or failover, a
+# dropped connection, a locked SQLite file) before it answers 503 with Retry-After; 0 answers at
+# once. A full disk under the database answers 503 at once: it does not pass in seconds.
+API_DATABASE_WAIT_SECONDS = env_float("API_DATABASE_WAIT_SECONDS", 10.0, minimum=0.0)
 # GET of a job and of the job list answered without Django's middleware and DRF
 # (builds.api.reads); off only to measure the difference (bench/apiwrk.py).
 API_LEAN_READS = env_bool("API_LEAN_READS", True)
@@ -196,6 +202,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "builds.api.schema.add_plain_django_endpoints",
     ],
+    # The outcome webhook the service POSTs (its body is the JobOutcome component).
+    "WEBHOOKS": ["builds.api.schema.job_outcome_webhook"],
 }
 
 # --- The build service ---------------------------------------------------------------------
@@ -273,8 +281,8 @@ GIT_TIMEOUT_SECONDS = env_int("GIT_TIMEOUT_SECONDS", 300, minimum=1)
 # MIN_FREE_DISK free with that much written.
 GIT_MAX_BYTES = env_bytes("GIT_MAX_BYTES", 2 * 1024**3, minimum=1024**2)
 MIN_FREE_DISK = env_bytes("MIN_FREE_DISK", 1024**3)
-ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE", str(BASE_DIR / "configs/allowed-commands.json")))
-RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE", str(BASE_DIR / "configs/runtimes.json")))
+ALLOWED_COMMANDS_FILE = Path(env_str("ALLOWED_COMMANDS_FILE") or BASE_DIR / "configs/allowed-commands.json")
+RUNTIMES_FILE = Path(env_str("RUNTIMES_FILE") or BASE_DIR / "configs/runtimes.json")
 WORKSPACE_DIR = Path(env_str("WORKSPACE_DIR", str(DATA_DIR / "workspaces"))).resolve()
 # Every worker removes the orphaned workspaces of its host at start and this often.
 WORKSPACE_PRUNE_INTERVAL_SECONDS = env_float("WORKSPACE_PRUNE_INTERVAL_SECONDS", 600.0, minimum=1.0)
@@ -314,7 +322,7 @@ if BROKER_IS_SQLA:
     CELERY_BROKER_TRANSPORT = "hubfly.broker:Transport"
     CELERY_BROKER_URL = BROKER_SQLALCHEMY_URL
     # A 60 s busy timeout: a briefly locked broker file must not look like a lost connection,
-    # which would restore (and duplicate) running builds (platform notes A1, pitfall 6).
+    # which would restore (and duplicate) running builds.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 60}}
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_UNACKED_SECONDS}

@@ -2,7 +2,7 @@
 a callback receiver and Celery workers on the SQLite broker.
 
 Configuration is environment variables, set here at import time because Django settings and
-the Celery app read them once (platform notes A6: the broker URL cannot change afterwards).
+the Celery app read them once (the Celery app's broker URL cannot change afterwards).
 """
 
 import os

@@ -174,10 +174,10 @@ def test_an_unreadable_allowlist_file_is_a_config_error_naming_it(tmp_path):
         load_allowlist(tmp_path / "missing.json")
 
 
-def test_the_allowlist_file_comes_from_the_environment(tmp_path, monkeypatch):
+def test_the_allowlist_file_comes_from_settings(tmp_path, settings):
     path = tmp_path / "only-make.json"
     path.write_text(json.dumps({"prebuild": [], "build": ["make"], "run": []}))
-    monkeypatch.setenv("ALLOWED_COMMANDS_FILE", str(path))
+    settings.ALLOWED_COMMANDS_FILE = path
     allowlist = load_allowlist()
     assert allowlist.allows("build", "make")
     assert not allowlist.allows("build", "npm run build")

@@ -1,7 +1,7 @@
 """Runtime, framework, package manager, version and command detection from repository files.
 
-Layouts follow the Go original's acceptance vectors (facts section 12.2) where we support them,
-and its detection defects (section 13, item 22) are tested as fixed. Repositories are written
+Layouts follow the Go original's acceptance vectors where we support them, and its detection
+defects are tested as fixed. Repositories are written
 with tmp_path; nothing is built or executed.
 """
 

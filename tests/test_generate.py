@@ -285,10 +285,10 @@ def test_a_malformed_runtimes_file_is_an_operator_error_naming_the_file(data, me
     assert "/etc/hubfly/runtimes.json" in str(caught.value)
 
 
-def test_the_runtimes_file_comes_from_the_environment(tmp_path, monkeypatch):
+def test_the_runtimes_file_comes_from_settings(tmp_path, settings):
     path = tmp_path / "runtimes.json"
     path.write_text(json.dumps({"static": {"default": "1", "versions": {"1": {"run": "example/web:1"}}}}))
-    monkeypatch.setenv("RUNTIMES_FILE", str(path))
+    settings.RUNTIMES_FILE = path
     assert load_runtimes().names() == ["static"]
     broken = tmp_path / "broken-runtimes.json"
     broken.write_text("{broken")

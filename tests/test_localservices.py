@@ -238,3 +238,21 @@ def test_localservices_loads_neither_django_nor_celery():
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "hubfly.settings"})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_compose_buildkitd_config_is_the_one_the_local_buildkitd_gets():
+    """One buildkitd configuration: configs/buildkitd.toml is buildkitd_config's output for the
+    compose network, and differs from a local buildkitd's only in paths and the registry."""
+    made = subprocess.run([sys.executable, "-m", "hubfly.localservices", "buildkitd-config"],
+                          capture_output=True, text=True, check=True).stdout
+    assert made == localservices.COMPOSE_BUILDKITD_CONFIG.read_text(), (
+        "configs/buildkitd.toml is not current: python -m hubfly.localservices buildkitd-config > configs/buildkitd.toml")
+    local = localservices.buildkitd_config("127.0.0.1:5000", root=Path("/tmp/root"), mirror=False,
+                                           cni=("/tmp/cni.conflist", "/tmp/cni"))
+    assert _settings_of(made) == _settings_of(local)
+
+
+def _settings_of(config: str) -> list[str]:
+    """A buildkitd configuration's lines without comments, paths and the registry's section."""
+    return [line for line in config.splitlines() if line.strip() and not line.startswith("#")
+            and "/" not in line and "registry" not in line and "5000" not in line]

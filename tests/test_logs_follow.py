@@ -1,4 +1,4 @@
-"""Live logs (contract section 3, issue 4 item 2): `?follow=true` and Server-Sent Events served
+"""Live logs (issue 4 item 2): `?follow=true` and Server-Sent Events served
 by the real web process (the Procfile's gunicorn + uvicorn worker), offsets, resuming with
 Last-Event-ID, and followers that never block other requests."""
 

@@ -224,3 +224,32 @@ def test_docs_page_works_offline(web):
         page.locator(".opblock-summary-path", has_text="/api/v1/jobs/{job_id}/logs").first.wait_for(timeout=30000)
         assert page.locator(".opblock").count() >= 8
     assert outside == []
+
+
+def test_the_webhook_body_is_the_documented_subset_of_the_job(spec):
+    """One presentation: the outcome webhook posts CALLBACK_FIELDS of the job as the API shows
+    it, and the schema's JobOutcome (the jobOutcome webhook's body) documents exactly those."""
+    import jsonschema
+
+    from builds import errors, presentation
+    from builds.services import lifecycle
+
+    job = Job.objects.create(id=new_id("outcome"), project_id="p", user_id="u", request_fingerprint="-",
+                             source_info={"gitRepository": REPO}, callback_url="http://127.0.0.1:9/hook")
+    lease = lifecycle.job_claim(job_id=job.pk, worker="test:1")
+    assert lifecycle.job_finish(job_id=job.pk, lease=lease, status="failed", error_code=errors.BUILD_FAILED,
+                                error="RUN make failed", failure_step="RUN make")
+    body = json.loads(CallbackEvent.objects.get(job_id=job.pk).body)
+    shown = presentation.job_json(Job.objects.get(pk=job.pk))
+    assert list(body) == list(presentation.CALLBACK_FIELDS)
+    assert body == {name: shown[name] for name in body}
+    outcome = spec["components"]["schemas"]["JobOutcome"]
+    assert set(outcome["properties"]) == set(body)
+    assert spec["webhooks"]["jobOutcome"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobOutcome"}
+    jsonschema.validate({**body}, {"$ref": "#/components/schemas/JobOutcome", "components": spec["components"]},
+                        cls=jsonschema.Draft202012Validator)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**body, "status": 7}, {"$ref": "#/components/schemas/JobOutcome",
+                                                    "components": spec["components"]},
+                            cls=jsonschema.Draft202012Validator)

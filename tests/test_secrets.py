@@ -17,6 +17,7 @@ from django.db import connection
 from django.utils import timezone
 
 from builds.models import CallbackEvent, Job
+from builds import presentation
 from builds.services import housekeeping, jobs, logs
 from builds.services.pipeline import BuildDirector
 from tests.conftest import REPO_ROOT
@@ -175,7 +176,7 @@ def test_retention_removes_old_secret_values_and_callback_bodies(api):
     # A delivery still due keeps the bytes it must send.
     assert CallbackEvent.objects.get(job_id="old-pending-hook").body
     # The job still presents its settings, masked.
-    assert jobs.job_json(old)["buildConfig"]["env"] == {"NODE_ENV": "production", "TOKEN": "***"}
+    assert presentation.job_json(old)["buildConfig"]["env"] == {"NODE_ENV": "production", "TOKEN": "***"}
 
 
 @pytest.mark.django_db
@@ -210,7 +211,7 @@ def test_a_job_an_earlier_release_wrote_during_an_upgrade_is_built_with_its_plai
     job = Job.objects.get(pk="written-by-old-web")
     assert job.secret_values == ""
     assert jobs.job_secrets(job) == {"TOKEN": "plain-during-upgrade"}
-    assert jobs.job_json(job)["buildConfig"]["env"]["TOKEN"] == "***"
+    assert presentation.job_json(job)["buildConfig"]["env"]["TOKEN"] == "***"
     assert api.post("/api/v1/jobs", data, format="json").status_code == 200
     other = request("written-by-old-web", TOKEN="another-value")
     other["buildConfig"]["isAutoBuild"] = False

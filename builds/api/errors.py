@@ -73,11 +73,13 @@ def exception_handler(exc, context):
         return response
     if isinstance(exc, DatabaseError) and dbfaults.is_transient(exc):
         # Locked, unreachable or out of disk: the service's state, not a bug; the client retries.
-        log.warning("database unavailable in %s: %s", context.get("view"), exc)
+        log.warning("database unavailable in %s: %s", type(context.get("view")).__name__, exc)
         dbfaults.recover()
         response = Response({"error": "SERVICE_UNAVAILABLE", "message": "the database is unavailable; try again later"},
                             status=status.HTTP_503_SERVICE_UNAVAILABLE)
         response["Retry-After"] = "5"
+        # The request is worth another try once the outage is over (DatabaseOutageMiddleware).
+        response.database_outage = dbfaults.is_outage(exc)
         return response
     log.exception("unhandled error in %s", context.get("view"))
     return Response({"error": "INTERNAL_ERROR", "message": "internal error"}, status=500)

@@ -3,6 +3,7 @@ depth of JSON, checked before Python's recursive parser sees it."""
 
 import io
 import re
+import time
 
 from django.conf import settings
 from django.http import JsonResponse
@@ -39,6 +40,34 @@ class BodySizeLimitMiddleware:
             status, code, message = refusal
             return JsonResponse({"error": code, "message": message}, status=status)
         return self.get_response(request)
+
+
+class DatabaseOutageMiddleware:
+    """An API request that met a database outage (a server restart, a dropped connection) is
+    run again, with backoff, for up to API_DATABASE_WAIT_SECONDS from its start; only then does
+    the client get the 503. A few seconds without a database cost the client a slow answer,
+    not an error. Running a request again is safe: a transaction that failed did not commit,
+    and the one case in doubt (a COMMIT whose answer was lost with the connection) is harmless
+    for a job's creation, idempotent by its id, and for a cancel, which flags a job once. The body
+    (within MAX_REQUEST_BODY_BYTES) is read first so that each run parses it again."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        wait = settings.API_DATABASE_WAIT_SECONDS
+        if not wait or not request.path.startswith("/api/"):
+            return self.get_response(request)
+        request.body  # noqa: B018 - kept by Django, read again by each run
+        deadline = time.monotonic() + wait
+        delay = 0.1
+        while True:
+            response = self.get_response(request)
+            remaining = deadline - time.monotonic()
+            if not getattr(response, "database_outage", False) or remaining <= 0:
+                return response
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
 
 
 _JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')

@@ -16,8 +16,9 @@ import orjson
 from django.conf import settings
 from django.core import signals
 
-from builds.models import PRIORITIES, Job, Status
-from builds.services import jobs, queue
+from builds import presentation, selectors
+from builds.models import Job
+
 
 JOB_PATH = re.compile(r"^/api/v1/jobs/([^/]+)$")
 LIST_PATH = "/api/v1/jobs"
@@ -54,7 +55,7 @@ _BY_ID = f"SELECT * FROM {Job._meta.db_table} WHERE id = %s"  # the ORM's compil
 
 def _detail(job_id: str):
     job = next(iter(Job.objects.raw(_BY_ID, [job_id])), None)
-    return None if job is None else jobs.job_json(job)
+    return None if job is None else presentation.job_json(job)
 
 
 def _int(params: dict, name: str, default: int, minimum: int, maximum: int | None = None) -> int | None:
@@ -70,26 +71,15 @@ def _int(params: dict, name: str, default: int, minimum: int, maximum: int | Non
 def _list(query_string: str):
     """JobListCreate.get's answer, or None where it would refuse the filters."""
     params = dict(parse_qsl(query_string, keep_blank_values=True))  # the last value wins, as QueryDict.get
-    query = Job.objects.all().order_by("-created_at", "id")
-    if value := params.get("projectId"):
-        query = query.filter(project_id=value)
-    if value := params.get("userId"):
-        query = query.filter(user_id=value)
-    if value := params.get("status"):
-        if value not in Status.values:
-            return None
-        query = query.filter(status=value)
-    if value := params.get("priority"):
-        if value not in PRIORITIES:
-            return None
-        query = query.filter(priority=PRIORITIES[value])
+    try:
+        query = selectors.job_list(project_id=params.get("projectId"), user_id=params.get("userId"),
+                                   status=params.get("status"), priority=params.get("priority"))
+    except selectors.FilterRefused:
+        return None
     limit, offset = _int(params, "limit", 50, 1, MAX_PAGE), _int(params, "offset", 0, 0)
     if limit is None or offset is None:
         return None
-    count = query.count()
-    page = list(query[offset : offset + limit])
-    places = queue.cached_places() if any(job.status == Status.PENDING for job in page) else {}
-    return {"count": count, "limit": limit, "offset": offset, "results": [jobs.job_json(job, places) for job in page]}
+    return selectors.job_page(query, limit=limit, offset=offset)
 
 
 class LeanReads:

@@ -1,14 +1,20 @@
-"""The OpenAPI description of the API: output serializers that document `jobs.job_json` and the
-error bodies, the bearer-token scheme, and the endpoints that are plain Django views (the log
-stream, health, metrics), which drf-spectacular cannot see by itself.
+"""The OpenAPI description of the API: output serializers that document a job as
+`builds/presentation.py` writes it (the API's Job, the webhook's JobOutcome: the same fields,
+CALLBACK_FIELDS of them) and the error bodies, the bearer-token scheme, the outcome webhook, and
+the endpoints that are plain Django views (the log stream, health, metrics), which
+drf-spectacular cannot see by itself.
 
 The output serializers are never used to render anything; tests/test_openapi.py checks that
-real responses match them.
+real responses and webhook bodies match them.
 """
 
+import copy
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import extend_schema_serializer
+from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema, extend_schema_serializer
 from rest_framework import serializers
+
+from builds.presentation import CALLBACK_FIELDS
 
 from builds.errors import FAILURE_TYPES
 from builds.models import PRIORITIES, Status
@@ -165,6 +171,28 @@ class JobOutput(serializers.Serializer):
     fetchSeconds = serializers.FloatField(allow_null=True, help_text="fetching the source and preparing the build")
     buildSeconds = serializers.FloatField(allow_null=True, help_text="buildctl, without exporting the image")
     pushSeconds = serializers.FloatField(allow_null=True, help_text="exporting and pushing the image, and the tag")
+
+
+# The webhook's body: the same fields as Job's, CALLBACK_FIELDS of them.
+JobOutcomeOutput = extend_schema_serializer(component_name="JobOutcome")(type(
+    "JobOutcomeOutput", (serializers.Serializer,),
+    {name: copy.deepcopy(JobOutput._declared_fields[name]) for name in CALLBACK_FIELDS},
+))
+
+job_outcome_webhook = OpenApiWebhook(
+    name="jobOutcome",
+    decorator=extend_schema(
+        summary="A job ended",
+        description="POSTed to the job's callbackUrl, else CALLBACK_URL, once a job is success, failed or "
+        "canceled; retried with backoff until a 2xx answer (redirects are not followed). Headers: "
+        "X-Hubfly-Event-Id (the same on every attempt: de-duplicate on it) and, with CALLBACK_SECRET, "
+        "X-Hubfly-Timestamp and X-Hubfly-Signature: v1=<hex HMAC-SHA256(secret, "
+        "\"<timestamp>.<eventId>.<raw body>\")>.",
+        request=JobOutcomeOutput,
+        responses={200: OpenApiResponse(description="received; any 2xx ends the retries")},
+        tags=["webhooks"],
+    ),
+)
 
 
 @extend_schema_serializer(component_name="JobList")

@@ -1,4 +1,4 @@
-"""Input validation for job creation (contract 1.1). Strict about JSON types: a number where
+"""Input validation for job creation (`POST /api/v1/jobs`). Strict about JSON types: a number where
 a string belongs is an error, not silently converted. Unknown fields are ignored, and output
 fields a client sends (status, imageTag, logPath, ...) are never read."""
 

@@ -1,4 +1,4 @@
-"""HTTP endpoints (contract section 1). Thin: validate, call one service, present."""
+"""HTTP endpoints (README, "API"; the OpenAPI schema at /api/schema/). Thin: validate, call one service, present."""
 
 import hashlib
 import uuid
@@ -9,15 +9,15 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from builds import presentation, selectors
 from builds.api.errors import ApiError
+from builds.api.serializers import JobCreateInput
 from builds.api.schema import (
     DeliveriesOutput, ErrorOutput, JobListOutput, JobOutput, RedeliverInput, RedeliveryOutput, ValidationErrorOutput,
 )
-from builds.api.serializers import JobCreateInput
-from builds.dockerfile import check_build_config
 from builds.errors import UserError
-from builds.models import ACTIVE_STATUSES, PRIORITIES, CallbackEvent, Job, Status
-from builds.services import callbacks, health, jobs, lifecycle, metrics, queue
+from builds.models import PRIORITIES, CallbackEvent, Job, Status
+from builds.services import callbacks, health, jobs, lifecycle, metrics
 
 MAX_PAGE = 200
 
@@ -67,14 +67,13 @@ class JobListCreate(APIView):
     def post(self, request):
         if not isinstance(request.data, dict):
             raise ApiError(400, "VALIDATION_ERROR", "the request body must be a JSON object")
-        data = JobCreateInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        check_generation_settings(data.validated_data.get("buildConfig") or {})
         try:
-            job, created = jobs.job_create(data=data.validated_data)
+            job, created = jobs.job_submit(request=request.data)
+        except UserError as exc:  # known unbuildable at submit: an unknown runtime, a refused command
+            raise ApiError(400, exc.code, exc.message) from None
         except jobs.JobConflict:
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
-        return Response(jobs.job_json(job, placed=not created),
+        return Response(presentation.job_json(job, placed=not created),
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
@@ -93,41 +92,22 @@ class JobListCreate(APIView):
         tags=["jobs"],
     )
     def get(self, request):
-        query = Job.objects.all().order_by("-created_at", "id")
-        for param, field in (("projectId", "project_id"), ("userId", "user_id")):
-            if value := request.query_params.get(param):
-                query = query.filter(**{field: value})
-        if value := request.query_params.get("status"):
-            if value not in Status.values:
-                raise ApiError(400, "VALIDATION_ERROR", f"status must be one of {', '.join(Status.values)}")
-            query = query.filter(status=value)
-        if value := request.query_params.get("priority"):
-            if value not in PRIORITIES:
-                raise ApiError(400, "VALIDATION_ERROR", f"priority must be one of {', '.join(PRIORITIES)}")
-            query = query.filter(priority=PRIORITIES[value])
+        params = request.query_params
+        try:
+            query = selectors.job_list(project_id=params.get("projectId"), user_id=params.get("userId"),
+                                       status=params.get("status"), priority=params.get("priority"))
+        except selectors.FilterRefused as exc:
+            raise ApiError(400, "VALIDATION_ERROR", str(exc)) from None
         limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0)
-        count = query.count()
-        page = list(query[offset : offset + limit])
-        places = queue.cached_places() if any(job.status == Status.PENDING for job in page) else {}
-        results = [jobs.job_json(job, places) for job in page]
-        return Response({"count": count, "limit": limit, "offset": offset, "results": results})
-
-
-def check_generation_settings(build_config: dict) -> None:
-    """Refuse at submit time what is already known to be unbuildable: an unknown runtime or
-    version, or a command the allowlist refuses."""
-    try:
-        check_build_config(build_config)
-    except UserError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+        return Response(selectors.job_page(query, limit=limit, offset=offset))
 
 
 class JobDetail(APIView):
     @extend_schema(operation_id="jobs_retrieve", summary="One job", parameters=[JOB_ID],
                    responses={200: JobOutput, 401: UNAUTHORIZED, 404: NOT_FOUND}, tags=["jobs"])
     def get(self, request, job_id):
-        return Response(jobs.job_json(get_job(job_id)))
+        return Response(presentation.job_json(get_job(job_id)))
 
 
 class JobCancel(APIView):
@@ -151,7 +131,7 @@ class JobCancel(APIView):
             raise job_not_found()
         if not accepted:
             raise ApiError(409, "JOB_FINAL", f"the job already ended ({job.status})")
-        return Response(jobs.job_json(job), status=status.HTTP_202_ACCEPTED)
+        return Response(presentation.job_json(job), status=status.HTTP_202_ACCEPTED)
 
 
 class JobDeliveries(APIView):
@@ -221,8 +201,7 @@ class RunningBuilds(APIView):
     @extend_schema(operation_id="running_builds", summary="Jobs claimed or building, on every worker",
                    responses={200: JobOutput(many=True), 401: UNAUTHORIZED}, tags=["dev"])
     def get(self, request):
-        running = Job.objects.filter(status__in=ACTIVE_STATUSES).order_by("claimed_at")
-        return Response([jobs.job_json(job) for job in running])
+        return Response([presentation.job_json(job) for job in selectors.running_jobs()])
 
 
 def healthz(request):

@@ -21,17 +21,16 @@ own build script can run anything inside the build container). The host never ru
 """
 
 import functools
-import os
 import re
 from pathlib import Path
+
+from django.conf import settings
 
 from hubfly.env import ConfigError, read_json_file
 
 from builds import errors
 from builds.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_FILE = REPO_ROOT / "configs" / "allowed-commands.json"
 PHASES = ("prebuild", "build", "run")
 WILDCARD = "[A-Za-z0-9:._/-]+"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -107,7 +106,7 @@ def parse_allowlist(data: object, source: str) -> Allowlist:
 
 
 def allowlist_file() -> Path:
-    return Path(os.environ.get("ALLOWED_COMMANDS_FILE", "").strip() or DEFAULT_FILE)
+    return Path(settings.ALLOWED_COMMANDS_FILE)
 
 
 def load_allowlist(path: Path | str | None = None) -> Allowlist:

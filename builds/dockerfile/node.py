@@ -1,7 +1,7 @@
 """Node.js and Bun apps: detection from package.json, lockfiles and framework files, and the
 Dockerfiles for servers and for front ends served as static files.
 
-Decisions that differ from the Go original on purpose (its defects, facts section 13 item 22):
+Decisions that differ from the Go original on purpose (its detection defects):
 - bun.lockb is Bun, like bun.lock.
 - Installs use the lockfile strictly (npm ci, --frozen-lockfile, --immutable).
 - A Vite/Vue/Solid/CRA front end with a real production start script (node server.js, ...)

@@ -13,17 +13,16 @@ raises ConfigError naming the file and the entry.
 """
 
 import functools
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from django.conf import settings
 
 from hubfly.env import ConfigError, read_json_file
 
 from builds.dockerfile import versions
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_FILE = REPO_ROOT / "configs" / "runtimes.json"
 
 # Roles each runtime's generator reads; a version entry missing one is refused at load time.
 ROLES = {
@@ -121,7 +120,7 @@ def parse_runtimes(data: object, source: str) -> Runtimes:
 
 
 def runtimes_file() -> Path:
-    return Path(os.environ.get("RUNTIMES_FILE", "").strip() or DEFAULT_FILE)
+    return Path(settings.RUNTIMES_FILE)
 
 
 def load_runtimes(path: Path | str | None = None) -> Runtimes:

@@ -11,68 +11,23 @@ import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+import httpx
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from builds import errors
+from builds import presentation
 from builds.models import CallbackAttempt, CallbackEvent, Job
-from builds.services import gitsource
+from builds.services import dispatch, gitsource
 from builds.services.logs import mask_url_credentials
 
 log = logging.getLogger(__name__)
 # Who asked for a delivery by hand, and when: one line per request (the attempt row keeps it too).
 audit = logging.getLogger("builds.audit")
-
-
-def iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def report_fields(job: Job) -> dict:
-    """What was built (the job JSON's and the callback's `image`, `steps`, `cache` and phase
-    times), from the report the last attempt wrote; None where it did not get that far."""
-    report = job.report or {}
-    phases = report.get("phases") or {}
-    queued = None
-    if job.started_at and job.created_at:
-        queued = round(max((job.started_at - job.created_at).total_seconds(), 0.0), 3)
-    return {
-        "image": report.get("image"),
-        "steps": report.get("steps"),
-        "cache": report.get("cache"),
-        "queuedSeconds": queued,
-        "fetchSeconds": phases.get("fetch"),
-        "buildSeconds": phases.get("build"),
-        "pushSeconds": phases.get("push"),
-    }
-
-
-def outcome_payload(job: Job) -> dict:
-    return {
-        "id": job.id,
-        "projectId": job.project_id,
-        "userId": job.user_id,
-        "status": job.status,
-        "imageTag": job.image_tag or None,
-        "imageDigest": job.image_digest or None,
-        "commitSha": job.commit_sha or None,
-        "startedAt": iso(job.started_at),
-        "finishedAt": iso(job.finished_at),
-        "durationSeconds": job.duration_seconds,
-        "logPath": f"/api/v1/jobs/{job.id}/logs",
-        "errorCode": job.error_code or None,
-        "error": job.error or None,
-        "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
-        "retryCount": job.retry_count,
-        **report_fields(job),
-    }
 
 
 def check_callback_url(url: str) -> tuple[str, ...]:
@@ -107,7 +62,7 @@ def enqueue_outcome(job: Job) -> CallbackEvent | None:
     event = CallbackEvent.objects.create(
         job=job,
         url=url,
-        body=json.dumps(outcome_payload(job), separators=(",", ":")),
+        body=json.dumps(presentation.outcome_json(job), separators=(",", ":")),
         next_attempt_at=timezone.now(),
     )
     transaction.on_commit(lambda: _publish(event.pk))
@@ -117,10 +72,8 @@ def enqueue_outcome(job: Job) -> CallbackEvent | None:
 def _publish(event_id) -> None:
     """First attempt at once, in the maintenance worker (never in a build slot). If the
     message is lost, the periodic flush finds the event anyway."""
-    from builds.tasks import deliver_callback
-
     try:
-        deliver_callback.apply_async((str(event_id),))
+        dispatch.send(dispatch.DELIVER_CALLBACK, str(event_id))
     except Exception:
         log.exception("could not publish callback %s; the periodic flush will send it", event_id)
 
@@ -128,17 +81,6 @@ def _publish(event_id) -> None:
 def signature(secret: str, timestamp: str, event_id: str, body: bytes) -> str:
     message = timestamp.encode() + b"." + event_id.encode() + b"." + body
     return "v1=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A 3xx answer is a failed attempt: urllib would re-send a redirected POST as a GET
-    without its body, to wherever the Location says."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_RefuseRedirects)
 
 
 def _post(event: CallbackEvent, job_url: bool) -> tuple[int | None, str]:
@@ -154,15 +96,17 @@ def _post(event: CallbackEvent, job_url: bool) -> tuple[int | None, str]:
         ts = str(int(time.time()))
         headers["X-Hubfly-Timestamp"] = ts
         headers["X-Hubfly-Signature"] = signature(settings.CALLBACK_SECRET, ts, str(event.id), body)
-    request = urllib.request.Request(event.url, data=body, headers=headers, method="POST")
     try:
-        with _opener.open(request, timeout=settings.CALLBACK_TIMEOUT_SECONDS) as response:
-            response.read(4096)
-            return response.status, ""
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}" + (" (redirects are not followed)" if 300 <= exc.code < 400 else "")
+        # A 3xx answer is a failed attempt, never followed: the Location could name any host.
+        # The answer's body is not read: only the status counts.
+        with httpx.stream("POST", event.url, content=body, headers=headers, follow_redirects=False,
+                          timeout=settings.CALLBACK_TIMEOUT_SECONDS) as response:
+            status = response.status_code
     except Exception as exc:  # network errors of every kind are retried the same way
         return None, f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= status < 300:
+        return status, ""
+    return status, f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
 
 
 def deliver(event_id) -> bool:
@@ -252,7 +196,7 @@ def deliver_due(limit: int = 100) -> int:
 
 def attempt_json(attempt: CallbackAttempt) -> dict:
     return {
-        "at": iso(attempt.at),
+        "at": presentation.iso(attempt.at),
         "httpStatus": attempt.http_status,
         "error": attempt.error or None,
         "durationMs": attempt.duration_ms,
@@ -271,9 +215,9 @@ def deliveries_json(job: Job) -> list[dict]:
             "eventId": str(event.pk),
             "url": mask_url_credentials(event.url),
             "state": event.state,
-            "createdAt": iso(event.created_at),
-            "deliveredAt": iso(event.delivered_at),
-            "nextAttemptAt": iso(event.next_attempt_at) if event.state == CallbackEvent.State.PENDING else None,
+            "createdAt": presentation.iso(event.created_at),
+            "deliveredAt": presentation.iso(event.delivered_at),
+            "nextAttemptAt": presentation.iso(event.next_attempt_at) if event.state == CallbackEvent.State.PENDING else None,
             "attempts": attempts.get(event.pk, []),
         }
         for event in events

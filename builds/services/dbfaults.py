@@ -35,6 +35,18 @@ def is_transient(exc: BaseException) -> bool:
     return True
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Transient, but not in seconds: space comes back when somebody frees it."""
+    if connection.vendor == "sqlite":
+        return "disk is full" in str(exc).lower()
+    return getattr(exc.__cause__, "sqlstate", None) == "53100"  # PostgreSQL's disk_full
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database unreachable, restarting or locked for a moment: worth waiting a few seconds."""
+    return isinstance(exc, DatabaseError) and is_transient(exc) and not is_disk_full(exc)
+
+
 def recover() -> None:
     """After a transient error: close a connection that is broken, so the next statement opens
     a new one (Django does this only between requests and between tasks)."""

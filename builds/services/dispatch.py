@@ -1,33 +1,42 @@
-"""Publishing "there is work" messages (each names a job, which is only a hint: the slot that
-gets it starts the job the fair queue picks, builds.services.queue). A lost publish is
-harmless: the reaper re-sends messages for pending jobs that no worker took in time, and a
-message that finds nothing to start is owed back to the queue."""
+"""The one module that sends Celery messages, by task name: the services never import the
+tasks (builds.tasks), which import the services.
+
+A build message says "there is work" (it names a job, which is only a hint: the slot that gets
+it starts the job the fair queue picks, builds.services.queue). A lost publish is harmless: the
+reaper re-sends messages for pending jobs that no worker took in time, and a message that finds
+nothing to start is owed back to the queue."""
 
 import logging
 
 from django.db import transaction
 
+from hubfly.celery import app
+
 log = logging.getLogger(__name__)
+
+RUN_JOB = "builds.tasks.run_job"
+DELIVER_CALLBACK = "builds.tasks.deliver_callback"
+
+
+def send(task: str, *args, countdown: float | None = None) -> None:
+    """Send one message (routed by name, CELERY_TASK_ROUTES); raises if the broker is down."""
+    app.send_task(task, args=args, countdown=countdown)
 
 
 def publish(job_id: str, countdown: float | None = None) -> None:
-    from builds.tasks import run_job
-
     try:
-        run_job.apply_async((job_id,), countdown=countdown)
+        send(RUN_JOB, job_id, countdown=countdown)
     except Exception:  # broker down: the job is safe in the database; the reaper re-sends
         log.exception("could not publish job %s; the reaper will re-send it", job_id)
 
 
-def warm_up(app=None) -> bool:
+def warm_up(celery_app=None) -> bool:
     """Open the broker connection a publish needs (~0.5 s the first time in a process: engine,
     tables, producer pool), so the first job after a start is accepted as fast as the rest.
     Called when a web worker or a pool process starts; False if the broker did not answer, in
     which case the first publish connects as it always could."""
-    if app is None:
-        from hubfly.celery import app
     try:
-        with app.producer_or_acquire() as producer:
+        with (celery_app or app).producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=1)
         return True
     except Exception as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 from django.conf import settings
 
 from builds import errors
+from builds.dockerfile import plan_build
 from builds.errors import UserError
 from hubfly.env import ConfigError
 
@@ -106,8 +107,6 @@ def generate(*, app_dir: Path, checkout: Path, build_config: dict):
     """A BuildPlan from buildConfig or detection, or None when there is nothing to go on."""
     if not (build_config.get("isAutoBuild") or build_config.get("runtime")):
         return None
-    from builds.dockerfile import plan_build
-
     return plan_build(app_dir, build_config, repo_root=checkout)
 
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from builds.services.logs import mask_url_credentials
 from hubfly import buildnet
 
 _ARG = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-+][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -204,6 +205,4 @@ def host_refusal(host: str, port: int | None) -> str | None:
 
 
 def _safe(text: str) -> str:
-    from builds.services.logs import mask_url_credentials
-
     return mask_url_credentials(text)[:300]

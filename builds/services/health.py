@@ -19,6 +19,9 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connection
 
+from hubfly import buildnet
+from hubfly.celery import app
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,8 +40,6 @@ def _database() -> str:
 
 
 def _broker() -> str:
-    from hubfly.celery import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=3)
     return "ok"
@@ -62,8 +63,6 @@ def _build_network(workers: list[dict]) -> str:
     if exposed:
         return f"buildkitd runs RUN steps on the {exposed[0]} network: builds are not isolated"
     # The policy file is where a local buildkitd's network was applied (hubfly.localservices).
-    from hubfly import buildnet
-
     policy = buildnet.read_policy(settings.DATA_DIR / "buildnet")
     if policy is not None and policy.get("mode") != settings.BUILD_NETWORK:
         return f"the egress policy is for BUILD_NETWORK={policy.get('mode')}, this process has {settings.BUILD_NETWORK}"

@@ -77,7 +77,8 @@ def prune_workspaces(min_age_seconds: float = 60) -> int:
 
 
 def prune_broker() -> int:
-    """kombu's SQLAlchemy transport never deletes fetched messages (platform notes A1, 8)."""
+    """kombu's SQLAlchemy transport never deletes fetched messages: it only marks them
+    invisible, and the table grows without end."""
     if not settings.BROKER_IS_SQLA:
         return 0
     import sqlalchemy

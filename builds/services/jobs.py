@@ -1,4 +1,5 @@
-"""Creating jobs and presenting them (contract 1.1 and 1.2), and the jobs' secret values.
+"""Creating jobs (`POST /api/v1/jobs`, the admin's rebuild) and the jobs' secret values; a job's
+presentation is builds/presentation.py.
 
 A job's secret values (the `env` entries its `secrets` names) never stay in `build_config`:
 they are stored encrypted in `secret_values` (Fernet, with the first key of SECRETS_KEY; the
@@ -18,10 +19,11 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from builds import errors
+from builds.api.serializers import JobCreateInput
+from builds.dockerfile import check_build_config
 from builds.errors import BuildError
-from builds.models import PRIORITIES, PRIORITY_NAMES, Job, Status
-from builds.services import dispatch, lifecycle, logs, queue
-from builds.services.callbacks import iso, report_fields
+from builds.models import PRIORITIES, Job, Status
+from builds.services import dispatch, lifecycle, logs
 
 
 class JobConflict(Exception):
@@ -104,6 +106,17 @@ def _same_secrets(job: Job, secrets: dict[str, str]) -> bool:
     return hmac.compare_digest(_canonical(stored), _canonical(secrets))
 
 
+def job_submit(*, request) -> tuple[Job, bool]:
+    """A job request as sent, from the API or the admin's rebuild: validated (JobCreateInput's
+    rules, then what the generator can already tell: runtime, version, commands) and stored.
+    Returns (job, created). Raises rest_framework's ValidationError, errors.UserError (a
+    setting that cannot be built) or JobConflict."""
+    data = JobCreateInput(data=request)
+    data.is_valid(raise_exception=True)
+    check_build_config(data.validated_data.get("buildConfig") or {})
+    return job_create(data=data.validated_data)
+
+
 def job_create(*, data: dict) -> tuple[Job, bool]:
     """Store a validated request as a pending job and queue it once committed.
     Returns (job, created); the same request again returns the existing job."""
@@ -181,60 +194,3 @@ def supersede_older(job: Job) -> list[str]:
     if superseded:
         logs.append_text(job.id, f"superseded older job(s) {', '.join(superseded)}")
     return superseded
-
-
-def masked_source_info(job: Job) -> dict:
-    info = dict(job.source_info or {})
-    if "gitRepository" in info:
-        info["gitRepository"] = logs.mask_url_credentials(info["gitRepository"])
-    return info
-
-
-def masked_build_config(job: Job) -> dict:
-    config = dict(job.build_config or {})
-    secret_keys = config.get("secrets") or []
-    if config.get("env") or secret_keys:
-        shown = {k: (logs.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
-        config["env"] = {**shown, **{k: logs.MASK for k in secret_keys}}
-    return config
-
-
-def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> dict:
-    """The job as the API shows it. `places`: the queue's places (default: queue.cached_places()).
-    `placed=False` (a job just created): its reason to wait, but no position, which would cost
-    placing every waiting job once per creation."""
-    queue_place = None
-    if job.status == Status.PENDING and not placed:
-        queue_place = {"position": None, "ahead": None, "reason": queue.waiting_reason(job.user_id, job.project_id)}
-    elif job.status == Status.PENDING:
-        if places is None:
-            places = queue.cached_places()
-        queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
-    return {
-        "id": job.id,
-        "projectId": job.project_id,
-        "userId": job.user_id,
-        "sourceType": job.source_type,
-        "sourceInfo": masked_source_info(job),
-        "buildConfig": masked_build_config(job),
-        "status": job.status,
-        "imageTag": job.image_tag or None,
-        "imageDigest": job.image_digest or None,
-        "commitSha": job.commit_sha or None,
-        "retryCount": job.retry_count,
-        "errorCode": job.error_code or None,
-        "error": job.error or None,
-        "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
-        "logPath": f"/api/v1/jobs/{job.id}/logs",
-        "callbackUrl": job.callback_url or None,
-        "progress": job.progress,
-        "createdAt": iso(job.created_at),
-        "updatedAt": iso(job.updated_at),
-        "startedAt": iso(job.started_at),
-        "finishedAt": iso(job.finished_at),
-        "durationSeconds": job.duration_seconds,
-        "worker": job.worker or None,
-        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
-        "queue": queue_place,
-        **report_fields(job),
-    }

@@ -23,12 +23,34 @@ from builds import errors
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status
 from builds.services import callbacks, dispatch, logs, queue
 
-# Which status may follow which; the functions below are the only writers of `status`.
-TRANSITIONS = {
-    Status.PENDING: {Status.CLAIMED, Status.CANCELED},
-    Status.CLAIMED: {Status.BUILDING, Status.PENDING, Status.SUCCESS, Status.FAILED, Status.CANCELED},
-    Status.BUILDING: {Status.PENDING, Status.SUCCESS, Status.FAILED, Status.CANCELED},
+# Every move of `status`, by the function that writes it: (the states it takes a job from, the
+# states it may leave it in). The functions below are the only writers of `status` and read
+# their start states here; TRANSITIONS (which status may follow which) is made from this table,
+# and docs/architecture.md's state table says the same (tests/test_lifecycle.py).
+MOVES = {
+    "job_claim": ((Status.PENDING,), (Status.CLAIMED,)),
+    "job_start_building": ((Status.CLAIMED,), (Status.BUILDING,)),
+    "job_finish": (ACTIVE_STATUSES, FINAL_STATUSES),
+    "job_retry_later": (ACTIVE_STATUSES, (Status.PENDING, Status.CANCELED)),
+    "job_take_back": (ACTIVE_STATUSES, (Status.PENDING, Status.FAILED, Status.CANCELED)),
+    "job_cancel": ((Status.PENDING,), (Status.CANCELED,)),
+    "job_supersede": ((Status.PENDING,), (Status.CANCELED,)),
 }
+
+
+def _transitions() -> dict[str, set[str]]:
+    table: dict[str, set[str]] = {}
+    for sources, targets in MOVES.values():
+        for source in sources:
+            table.setdefault(source, set()).update(targets)
+    return table
+
+
+TRANSITIONS = _transitions()
+
+
+def _from(move: str) -> tuple[str, ...]:
+    return MOVES[move][0]
 
 _CANCEL_REQUESTED = Q(cancel_requested_at__isnull=False)
 
@@ -45,7 +67,7 @@ def lease_expired() -> Q:
 def job_claim(*, job_id: str, worker: str) -> uuid.UUID | None:
     """pending -> claimed with a fresh lease; None when the job is not (or no longer) ours to take."""
     lease = uuid.uuid4()
-    won = Job.objects.filter(pk=job_id, status=Status.PENDING, cancel_requested_at__isnull=True).update(
+    won = Job.objects.filter(pk=job_id, status__in=_from("job_claim"), cancel_requested_at__isnull=True).update(
         status=Status.CLAIMED, lease=lease, worker=worker, claimed_at=Now(), heartbeat_at=Now(), updated_at=Now(),
         attempts=F("attempts") + 1,
     )
@@ -71,7 +93,8 @@ def job_claim_next(*, worker: str) -> tuple[str, uuid.UUID] | None:
 
 def job_start_building(*, job_id: str, lease: uuid.UUID, commit_sha: str, image_tag: str) -> bool:
     return (
-        Job.objects.filter(pk=job_id, lease=lease, status=Status.CLAIMED, cancel_requested_at__isnull=True).update(
+        Job.objects.filter(pk=job_id, lease=lease, status__in=_from("job_start_building"),
+                           cancel_requested_at__isnull=True).update(
             status=Status.BUILDING, commit_sha=commit_sha, image_tag=image_tag, heartbeat_at=Now(), updated_at=Now()
         )
         == 1
@@ -123,11 +146,10 @@ def job_finish(
     image_digest: str = "",
     failure_step: str = "",
     report: dict | None = None,
-    from_statuses=ACTIVE_STATUSES,
 ) -> bool:
     """Move the job to a final status and queue its one callback, in one transaction. A job
     whose cancel was requested ends `canceled` whatever `status` says."""
-    query = Job.objects.filter(pk=job_id, status__in=from_statuses)
+    query = Job.objects.filter(pk=job_id, status__in=_from("job_finish"))
     if lease is not None:
         query = query.filter(lease=lease)
     return _finish(job_id, query, status=status, error_code=error_code, error=error, image_digest=image_digest,
@@ -168,7 +190,7 @@ def job_retry_later(*, job_id: str, lease: uuid.UUID, error_code: str, error: st
     """Hand a job that failed for infrastructure reasons back to the queue, counting a retry.
     False when it was not handed back: the lease is lost, or a cancel was requested, in which
     case the job ends `canceled` here (its worker had not noticed the cancel yet)."""
-    ours = Job.objects.filter(pk=job_id, lease=lease, status__in=ACTIVE_STATUSES)
+    ours = Job.objects.filter(pk=job_id, lease=lease, status__in=_from("job_retry_later"))
     if ours.filter(cancel_requested_at__isnull=True).update(
         status=Status.PENDING, lease=None, worker="", retry_count=F("retry_count") + 1,
         error_code=error_code, error=error[:2000], enqueued_at=Now() + timedelta(seconds=delay_seconds),
@@ -186,7 +208,7 @@ def job_take_back(*, job_id: str, lease: uuid.UUID | None, reason: str, worker_g
     its lease since the caller looked keeps its job; `worker_gone` (the caller saw the worker
     process is dead) takes it back without waiting for the lease to expire.
     Returns "requeued", "failed", "canceled" or "skipped"."""
-    lost = Job.objects.filter(pk=job_id, lease=lease, status__in=ACTIVE_STATUSES)
+    lost = Job.objects.filter(pk=job_id, lease=lease, status__in=_from("job_take_back"))
     if not worker_gone:
         lost = lost.filter(lease_expired())
     with transaction.atomic():
@@ -217,7 +239,7 @@ def job_supersede(*, job_id: str, by: str, running: bool) -> bool:
         cancel_requested_at=Now(), updated_at=Now(), error_code=errors.SUPERSEDED, error=message,
     ):
         return False
-    if _finish(job_id, Job.objects.filter(pk=job_id, status=Status.PENDING), status=Status.CANCELED,
+    if _finish(job_id, Job.objects.filter(pk=job_id, status__in=_from("job_supersede")), status=Status.CANCELED,
                error_code=errors.SUPERSEDED, error=message):
         logs.append_text(job_id, f"{message}; canceled before a worker took it")
     else:
@@ -235,7 +257,8 @@ def job_cancel(*, job_id: str) -> tuple[Job | None, bool]:
         pk=job_id, status__in=(Status.PENDING, *ACTIVE_STATUSES), cancel_requested_at__isnull=True
     ).update(cancel_requested_at=Now(), updated_at=Now())
     canceled_pending = _finish(
-        job_id, Job.objects.filter(pk=job_id, status=Status.PENDING), status=Status.CANCELED, error_code=errors.CANCELED,
+        job_id, Job.objects.filter(pk=job_id, status__in=_from("job_cancel")), status=Status.CANCELED,
+        error_code=errors.CANCELED,
         error="canceled before it started",
     )
     job = Job.objects.filter(pk=job_id).first()

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Max
 
 from builds.models import LogChunk
 from builds.services import dbfaults

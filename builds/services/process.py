@@ -35,9 +35,14 @@ except OSError:  # pragma: no cover - non-glibc platforms
     _libc = None
 
 
-def _die_with_parent() -> None:
+def set_parent_death_signal(signum: int) -> None:
+    """The signal this process gets when the thread that started it exits (0: none)."""
     if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def _die_with_parent() -> None:
+    set_parent_death_signal(signal.SIGKILL)
 
 
 # setpriv (util-linux) sets the parent-death signal and execs the command. Without a

@@ -8,7 +8,8 @@ moment keeps its job, and two reapers running at once act once.
 """
 
 import logging
-import os
+
+import psutil
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -80,14 +81,11 @@ def reap_dead_local_workers() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """A live Celery process: not a zombie, and not a reused pid of some other program."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and any("celery" in part for part in process.cmdline())
+    except psutil.AccessDenied:
         return True
-    try:  # a zombie or a reused pid of some other program does not count as our worker
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"celery" in fh.read()
-    except OSError:
+    except psutil.Error:  # gone (or gone while we looked)
         return False

@@ -1,5 +1,5 @@
 """Create the SQLite broker's tables once and switch the file to WAL, before several workers
-start (platform notes A1: concurrent first starts race on CREATE TABLE; WAL makes publishing
+start (concurrent first starts of kombu's transport race on CREATE TABLE; WAL makes publishing
 several times faster). Does nothing for other brokers."""
 
 import sqlite3

@@ -1,0 +1,100 @@
+"""A job as the service shows it, written once: the API's answer (`job_json`, documented by
+`builds/api/schema.py`'s JobOutput, which a test keeps equal to it) and the webhook's body, a
+documented subset of the same fields (`CALLBACK_FIELDS`; the OpenAPI schema's JobOutcome)."""
+
+from builds import errors
+from builds.models import PRIORITY_NAMES, Job, Status
+from builds.services import logs, queue
+
+# The fields of a job the outcome webhook posts, in the API's order.
+CALLBACK_FIELDS = (
+    "id", "projectId", "userId", "status", "imageTag", "imageDigest", "commitSha", "retryCount",
+    "errorCode", "error", "failure", "logPath", "startedAt", "finishedAt", "durationSeconds",
+    "image", "steps", "cache", "queuedSeconds", "fetchSeconds", "buildSeconds", "pushSeconds",
+)
+
+
+def iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def masked_source_info(job: Job) -> dict:
+    info = dict(job.source_info or {})
+    if "gitRepository" in info:
+        info["gitRepository"] = logs.mask_url_credentials(info["gitRepository"])
+    return info
+
+
+def masked_build_config(job: Job) -> dict:
+    config = dict(job.build_config or {})
+    secret_keys = config.get("secrets") or []
+    if config.get("env") or secret_keys:
+        shown = {k: (logs.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
+        config["env"] = {**shown, **{k: logs.MASK for k in secret_keys}}
+    return config
+
+
+def report_fields(job: Job) -> dict:
+    """What was built (`image`, `steps`, `cache` and phase times), from the report the last
+    attempt wrote (builds.services.pipeline); None where it did not get that far."""
+    report = job.report or {}
+    phases = report.get("phases") or {}
+    queued = None
+    if job.started_at and job.created_at:
+        queued = round(max((job.started_at - job.created_at).total_seconds(), 0.0), 3)
+    return {
+        "image": report.get("image"),
+        "steps": report.get("steps"),
+        "cache": report.get("cache"),
+        "queuedSeconds": queued,
+        "fetchSeconds": phases.get("fetch"),
+        "buildSeconds": phases.get("build"),
+        "pushSeconds": phases.get("push"),
+    }
+
+
+def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> dict:
+    """The job as the API shows it. `places`: the queue's places (default: queue.cached_places()).
+    `placed=False` (a job just created): its reason to wait, but no position, which would cost
+    placing every waiting job once per creation."""
+    queue_place = None
+    if job.status == Status.PENDING and not placed:
+        queue_place = {"position": None, "ahead": None, "reason": queue.waiting_reason(job.user_id, job.project_id)}
+    elif job.status == Status.PENDING:
+        if places is None:
+            places = queue.cached_places()
+        queue_place = places.get(job.id) or {"position": None, "ahead": None, "reason": "canceling"}
+    return {
+        "id": job.id,
+        "projectId": job.project_id,
+        "userId": job.user_id,
+        "sourceType": job.source_type,
+        "sourceInfo": masked_source_info(job),
+        "buildConfig": masked_build_config(job),
+        "status": job.status,
+        "imageTag": job.image_tag or None,
+        "imageDigest": job.image_digest or None,
+        "commitSha": job.commit_sha or None,
+        "retryCount": job.retry_count,
+        "errorCode": job.error_code or None,
+        "error": job.error or None,
+        "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
+        "logPath": f"/api/v1/jobs/{job.id}/logs",
+        "callbackUrl": job.callback_url or None,
+        "progress": job.progress,
+        "createdAt": iso(job.created_at),
+        "updatedAt": iso(job.updated_at),
+        "startedAt": iso(job.started_at),
+        "finishedAt": iso(job.finished_at),
+        "durationSeconds": job.duration_seconds,
+        "worker": job.worker or None,
+        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
+        "queue": queue_place,
+        **report_fields(job),
+    }
+
+
+def outcome_json(job: Job) -> dict:
+    """The webhook's body for a job that ended: CALLBACK_FIELDS of its `job_json`."""
+    shown = job_json(job, {})
+    return {name: shown[name] for name in CALLBACK_FIELDS}
