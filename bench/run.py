@@ -30,9 +30,10 @@ if str(REPO_ROOT) not in sys.path:
 
 # Run in this order; api leaves the instance's worker stopped, and faults (which restarts the
 # instance with short leases) comes after it so no other figure runs on those settings.
-BENCHES = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "profile", "throughput", "webvariants",
-           "api", "memory", "faults")
-DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "isolation", "rebuild", "throughput", "api", "memory", "faults")
+BENCHES = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "profile", "throughput",
+           "webvariants", "api", "memory", "faults")
+DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "throughput", "api", "memory",
+           "faults")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,12 +81,14 @@ def base_images_wanted(args) -> bool:
     return any(layers.glob("debian-*.json")) and any(layers.glob("dockerfile-frontend-*.json"))
 
 
-MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", "overhead": "overhead", "isolation": "isolation",
+MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", "overhead": "overhead",
+           "attest": "attestations", "isolation": "isolation",
            "rebuild": "rebuild",
            "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload",
            "memory": "memory", "faults": "faults"}
 NO_INSTANCE = ("git", "fairqueue", "webvariants")  # these start what they measure themselves
 INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
+RESTARTING = ("throughput", "faults", "memory", "attest")  # these start the instance with settings of their own
 
 
 def instance_env(args) -> dict[str, str]:
@@ -171,12 +174,12 @@ def main(argv=None) -> int:
         for name in args.benches:
             t = time.monotonic()
             print(f"\n== {name} ==  (load average {support.load_average()})", flush=True)
-            if name not in NO_INSTANCE + INFRA_ONLY + ("throughput", "faults", "memory") and ctx.instance is None:
+            if name not in NO_INSTANCE + INFRA_ONLY + RESTARTING and ctx.instance is None:
                 restart()
             module = importlib.import_module(f"bench.{MODULES[name]}")
             if name == "rebuild":
                 module.run(ctx, args.app)
-            elif name in ("throughput", "faults", "memory"):
+            elif name in RESTARTING:
                 module.run(ctx, restart)
             else:
                 module.run(ctx)

@@ -306,7 +306,7 @@ class Infra:
             from tests.support.baseimages import default_cache_dir, ensure_base_images
 
             images = ensure_base_images(self.registry_addr, default_cache_dir(), self.buildkit_addr,
-                                        images=("debian", "dockerfile-frontend"))
+                                        images=("debian", "dockerfile-frontend", "sbom-scanner"))
         return images
 
     def buildkitd_pid(self) -> int | None:

@@ -14,6 +14,7 @@ from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.urls import path, reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 
 from rest_framework.exceptions import ValidationError
@@ -80,6 +81,7 @@ class JobAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "status", "queue_place", "progress_text", "project_id", "user_id", "priority", "worker",
                            "attempts", "retry_count")}),
         ("Result", {"fields": ("commit_sha", "image_tag", "image_digest", "error_code", "error", "failure")}),
+        ("Build steps", {"fields": ("steps_timeline", "image_summary")}),
         ("Source and settings (secrets masked)", {"fields": ("source", "settings")}),
         ("Times", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at",
                               "cancel_requested_at")}),
@@ -90,7 +92,7 @@ class JobAdmin(admin.ModelAdmin):
         "retry_count", "commit_sha",
         "image_tag", "image_digest", "error_code", "error", "source", "settings", "created_at", "started_at",
         "finished_at", "duration", "heartbeat_at", "cancel_requested_at", "callback_deliveries", "failure",
-        "callback_url",
+        "callback_url", "steps_timeline", "image_summary",
     )
 
     # --- who may do what -------------------------------------------------------------------
@@ -146,6 +148,41 @@ class JobAdmin(admin.ModelAdmin):
             return "-"
         step = f", at {failure['step']}" if failure["step"] else ""
         return f"{failure['type']}{step} ({'retryable' if failure['retryable'] else 'not retryable'})"
+
+    @admin.display(description="timeline")
+    def steps_timeline(self, job):
+        """The Dockerfile's steps on one time axis: a bar from each step's start, as long as it took."""
+        steps = (job.report or {}).get("steps") or []
+        if not steps:
+            return "-"
+        starts = [parse_datetime(step["startedAt"]) for step in steps]
+        origin = min(starts)
+        ends = [(start - origin).total_seconds() + (step["seconds"] or 0) for start, step in zip(starts, steps)]
+        span = max(max(ends), 0.001)
+        rows = []
+        for start, step in zip(starts, steps):
+            offset = (start - origin).total_seconds()
+            seconds = step["seconds"]
+            rows.append((
+                step["index"], step["name"], "cached" if step["cached"] else ("-" if seconds is None else f"{seconds:.1f} s"),
+                f"{100 * offset / span:.1f}", f"{max(100 * (seconds or 0) / span, 0.5):.1f}",
+                "#9cc" if step["cached"] else "#47a",
+            ))
+        return format_html(
+            "<table style='width:100%'><thead><tr><th>#</th><th>step</th><th>time</th><th style='width:40%'>"
+            "0 to {} s</th></tr></thead><tbody>{}</tbody></table>",
+            f"{span:.1f}",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td><div style='margin-left:{}%;width:{}%;"
+                             "height:10px;background:{}'></div></td></tr>", rows),
+        )
+
+    @admin.display(description="image")
+    def image_summary(self, job):
+        report = job.report or {}
+        image, cache, phases = report.get("image") or {}, report.get("cache") or {}, report.get("phases") or {}
+        if not (image or cache or phases):
+            return "-"
+        return _pretty({"image": image, "cache": cache, "phaseSeconds": phases})
 
     @admin.display(description="deliveries")
     def callback_deliveries(self, job):

@@ -28,6 +28,7 @@ GIT_UNAVAILABLE = "GIT_UNAVAILABLE"              # git host unreachable (transie
 DISK_SPACE_LOW = "DISK_SPACE_LOW"                # a workspace would leave less than MIN_FREE_DISK free (transient)
 BUILDKIT_UNAVAILABLE = "BUILDKIT_UNAVAILABLE"    # buildkitd unreachable (transient)
 REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"    # push/pull failed for network reasons (transient)
+SBOM_SCANNER_UNAVAILABLE = "SBOM_SCANNER_UNAVAILABLE"  # ATTEST_SBOM's scanner image cannot be pulled (transient)
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"    # the database stayed locked or unreachable too long (transient)
 WORKER_LOST = "WORKER_LOST"                      # the worker died; retries used up
 SECRETS_UNREADABLE = "SECRETS_UNREADABLE"        # no key of SECRETS_KEY decrypts the job's secret values
@@ -93,7 +94,7 @@ FAILURE_TYPES = {
     "base_image": (BASE_IMAGE_NOT_FOUND,),
     "timeout": (TIMEOUT,),
     "canceled": (CANCELED, SUPERSEDED),
-    "infrastructure": (DISK_SPACE_LOW, BUILDKIT_UNAVAILABLE, REGISTRY_UNAVAILABLE,
+    "infrastructure": (DISK_SPACE_LOW, BUILDKIT_UNAVAILABLE, REGISTRY_UNAVAILABLE, SBOM_SCANNER_UNAVAILABLE,
                        DATABASE_UNAVAILABLE, WORKER_LOST, SECRETS_UNREADABLE, INTERNAL_ERROR,
                        INFRASTRUCTURE_ERROR),
 }
@@ -101,7 +102,7 @@ _TYPE_OF = {code: kind for kind, codes in FAILURE_TYPES.items() for code in code
 # Submitting the same job again may succeed with no change to the repository or the request:
 # the cause was passing (a host or a service of ours was down) or a person's choice.
 RETRYABLE_CODES = {GIT_UNAVAILABLE, DISK_SPACE_LOW, BUILDKIT_UNAVAILABLE, REGISTRY_UNAVAILABLE, DATABASE_UNAVAILABLE,
-                   WORKER_LOST, INFRASTRUCTURE_ERROR, CANCELED, SUPERSEDED}
+                   WORKER_LOST, INFRASTRUCTURE_ERROR, CANCELED, SUPERSEDED, SBOM_SCANNER_UNAVAILABLE}
 
 
 def failure_type(code: str) -> str:

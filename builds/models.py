@@ -56,6 +56,8 @@ class Job(models.Model):
     # Where this job's outcome is posted instead of CALLBACK_URL (checked like a git URL).
     callback_url = models.CharField(max_length=2048, blank=True, default="", db_default="")
     progress = models.JSONField(null=True, blank=True)
+    # What the last attempt learnt (builds.services.pipeline): {image, steps, phases}.
+    report = models.JSONField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -10,6 +10,7 @@ from builds.services import logs, queue
 CALLBACK_FIELDS = (
     "id", "projectId", "userId", "status", "imageTag", "imageDigest", "commitSha", "retryCount",
     "errorCode", "error", "failure", "logPath", "startedAt", "finishedAt", "durationSeconds",
+    "image", "steps", "cache", "queuedSeconds", "fetchSeconds", "buildSeconds", "pushSeconds",
 )
 
 
@@ -31,6 +32,25 @@ def masked_build_config(job: Job) -> dict:
         shown = {k: (logs.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
         config["env"] = {**shown, **{k: logs.MASK for k in secret_keys}}
     return config
+
+
+def report_fields(job: Job) -> dict:
+    """What was built (`image`, `steps`, `cache` and phase times), from the report the last
+    attempt wrote (builds.services.pipeline); None where it did not get that far."""
+    report = job.report or {}
+    phases = report.get("phases") or {}
+    queued = None
+    if job.started_at and job.created_at:
+        queued = round(max((job.started_at - job.created_at).total_seconds(), 0.0), 3)
+    return {
+        "image": report.get("image"),
+        "steps": report.get("steps"),
+        "cache": report.get("cache"),
+        "queuedSeconds": queued,
+        "fetchSeconds": phases.get("fetch"),
+        "buildSeconds": phases.get("build"),
+        "pushSeconds": phases.get("push"),
+    }
 
 
 def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> dict:
@@ -70,6 +90,7 @@ def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> di
         "worker": job.worker or None,
         "priority": PRIORITY_NAMES.get(job.priority, "normal"),
         "queue": queue_place,
+        **report_fields(job),
     }
 
 

@@ -255,6 +255,14 @@ MAX_RETRIES = env_int("MAX_RETRIES", 3, minimum=0, maximum=20)
 MAX_BUILDS_PER_USER = env_int("MAX_BUILDS_PER_USER", 0, minimum=0)
 MAX_BUILDS_PER_PROJECT = env_int("MAX_BUILDS_PER_PROJECT", 0, minimum=0)
 LIMITS_FILE = Path(env_str("LIMITS_FILE", str(BASE_DIR / "configs/limits.json")))
+# Attestations pushed with every image (a job may opt out with buildConfig.attestations: false):
+# SLSA provenance from BuildKit (max: with the build's steps and materials; min; off) and an SBOM
+# made by a scanner image that speaks BuildKit's SBOM protocol ("" is BuildKit's own default).
+ATTEST_PROVENANCE = env_str("ATTEST_PROVENANCE", "max").lower()
+if ATTEST_PROVENANCE not in ("max", "min", "off"):
+    raise ConfigError(f"ATTEST_PROVENANCE must be max, min or off; got {ATTEST_PROVENANCE!r}")
+ATTEST_SBOM = env_bool("ATTEST_SBOM", True)
+SBOM_SCANNER_IMAGE = env_str("SBOM_SCANNER_IMAGE", "")
 # What a job does to older jobs of its projectId + ref + workingDir when its buildConfig says
 # nothing: "false", "true" (cancel the pending ones) or "running" (also the one building).
 SUPERSEDE_DEFAULT = env_str("SUPERSEDE_DEFAULT", "false").lower()

@@ -225,3 +225,27 @@ def test_job_page_shows_the_failure_and_sends_the_webhook_again_recording_who(ad
     assert attempt.http_status == 200 and attempt.requested_by == "admin admin"
     assert len(RECEIVER.for_job(job.id)) == 1
     assert "redelivered by admin admin" in admin_client.get(f"/admin/builds/job/{job.id}/change/").content.decode()
+
+
+def test_job_page_shows_the_steps_as_a_timeline_and_the_image(admin_client):
+    job = Job.objects.create(id=new_id("steps"), project_id="p", user_id="u", request_fingerprint="-",
+                             status="success", report={
+                                 "image": {"sizeBytes": 31530185, "layers": 4, "platform": "linux/amd64"},
+                                 "steps": [
+                                     {"index": 1, "name": "[1/3] FROM docker.io/library/debian:bookworm-slim",
+                                      "startedAt": "2026-12-01T02:10:07.425Z", "seconds": 0.0, "cached": True},
+                                     {"index": 2, "name": "[2/3] RUN make <all>",
+                                      "startedAt": "2026-12-01T02:10:07.788Z", "seconds": 2.3, "cached": False},
+                                     {"index": 3, "name": "[3/3] RUN make check",
+                                      "startedAt": "2026-12-01T02:10:10.061Z", "seconds": None, "cached": False},
+                                 ],
+                                 "cache": {"steps": 3, "cached": 1},
+                                 "phases": {"fetch": 0.1, "build": 4.9, "push": 5.2},
+                             })
+    page = admin_client.get(f"/admin/builds/job/{job.id}/change/").content.decode()
+    # The axis ends where the last step to end did: the RUN that began 0.36 s in and took 2.3 s.
+    assert "0 to 2.7 s" in page
+    assert "<td>[2/3] RUN make &lt;all&gt;</td><td>2.3 s</td>" in page
+    assert "<td>[1/3] FROM docker.io/library/debian:bookworm-slim</td><td>cached</td>" in page
+    assert "<td>[3/3] RUN make check</td><td>-</td>" in page  # it did not finish
+    assert "31530185" in page and "linux/amd64" in page

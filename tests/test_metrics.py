@@ -86,6 +86,27 @@ def test_metrics_report_jobs_queue_running_and_durations(web):
     assert m[("hubfly_reaper_actions_total", (("action", "requeued"),))] == 0
 
 
+def test_metrics_have_phase_times_and_the_cache_hit_ratio(web):
+    Job.objects.all().delete()
+    for fetch, build, push, steps, cached in ((0.5, 3, 0.2, 3, 0), (2, 40, 7, 3, 2)):
+        done = job("success", seconds=60)
+        Job.objects.filter(pk=done.pk).update(report={"phases": {"fetch": fetch, "build": build, "push": push},
+                                                      "cache": {"steps": steps, "cached": cached}})
+    job("success", seconds=5)  # a job of a release before reports: not counted
+
+    m = scrape(web)
+
+    def bucket(phase, le):
+        return m[("hubfly_build_phase_seconds_bucket", (("le", le), ("phase", phase)))]
+
+    assert bucket("fetch", "1.0") == 1 and bucket("fetch", "5.0") == 2
+    assert bucket("build", "5.0") == 1 and bucket("build", "60.0") == 2
+    assert bucket("push", "1.0") == 1 and bucket("push", "10.0") == 2
+    assert m[("hubfly_build_phase_seconds_count", (("phase", "queued"),))] == 2
+    assert m[("hubfly_build_phase_seconds_sum", (("phase", "build"),))] == pytest.approx(43)
+    assert m[("hubfly_build_cache_hit_ratio", ())] == pytest.approx(2 / 6)
+
+
 def test_metrics_count_failed_callback_deliveries(web):
     target = job("success", seconds=1)
     event = CallbackEvent.objects.create(id=uuid.uuid4(), job=target, url="http://127.0.0.1:9/hook", body="{}",

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from django.utils import timezone
 from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
@@ -159,7 +160,17 @@ def test_real_responses_match_the_schema(web, spec):
     assert "pw" not in shown["sourceInfo"]["gitRepository"]
     Job.objects.filter(pk=running).update(progress={"step": None, "total": None, "name": "exporting to image"})
     call("GET", "/dev/running-builds", expect=200)
-    Job.objects.filter(pk=running).update(status="success")
+    Job.objects.filter(pk=running).update(status="success", started_at=timezone.now(), report={
+        "image": {"sizeBytes": 1234, "layers": 2, "platform": "linux/amd64"},
+        "steps": [{"index": 1, "name": "[1/2] FROM docker.io/library/debian", "startedAt": "2026-11-30T10:00:00.123Z",
+                   "seconds": 0.0, "cached": True},
+                  {"index": 2, "name": "[2/2] RUN make", "startedAt": "2026-11-30T10:00:00.500Z", "seconds": None,
+                   "cached": False}],
+        "cache": {"steps": 2, "cached": 1}, "phases": {"fetch": 0.4, "build": 3.2, "push": 0.8},
+    })
+    shown = call("GET", f"/api/v1/jobs/{running}", expect=200).json()
+    assert shown["image"]["layers"] == 2 and shown["cache"] == {"steps": 2, "cached": 1}
+    assert (shown["fetchSeconds"], shown["buildSeconds"], shown["pushSeconds"]) == (0.4, 3.2, 0.8)
 
     # A failed job (failure set) and its webhook: the delivery log, a redelivery and the refusals.
     failed = new_id("failed")

@@ -319,9 +319,25 @@ def test_failed_put_hands_the_job_back_for_a_retry(fake_registry, settings):
     director = pipeline.BuildDirector(Job.objects.get(pk=job.id), lease, secrets={})
     director.fetch_source = lambda: "1" * 40
     director.prepare = lambda: None
-    director.build_and_push = lambda inputs, repository: digest
+    director.build_and_push = lambda inputs, repository, sha: digest
     outcome = director.run()
     job = Job.objects.get(pk=job.id)
     assert outcome.retry_in is not None
     assert (job.status, job.retry_count, job.error_code) == ("pending", 1, errors.REGISTRY_UNAVAILABLE)
     assert fake.methods() == ["GET", "PUT"] and job.id not in fake.manifests
+
+
+def test_an_image_summary_the_registry_cannot_give_does_not_stop_the_tag(fake_registry, settings):
+    """The job's `image` (size, layers, platform) is read before the fence; the index names a
+    manifest the registry does not have, so that read fails: the tag is written all the same."""
+    fake = fake_registry()
+    missing = "sha256:" + "0" * 64
+    index = json.dumps({"schemaVersion": 2, "mediaType": registry.OCI_INDEX, "manifests": [
+        {"mediaType": registry.OCI_MANIFEST, "digest": missing, "size": 1,
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    digest = fake.add(index, registry.OCI_INDEX)
+    job, lease = _building_job(settings, fake.address)
+    director = pipeline.BuildDirector(job, lease, secrets={})
+    director.publish_tag(f"{fake.address}/team/app", job.id, digest)
+    assert fake.manifests[job.id] == (index, registry.OCI_INDEX)
+    assert "image" not in director.report

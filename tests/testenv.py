@@ -53,6 +53,10 @@ os.environ.update(
         "CALLBACK_FLUSH_SECONDS": "1",
         "CALLBACK_BACKOFF_SECONDS": "1",
         "CALLBACK_BACKOFF_MAX_SECONDS": "20",
+        # Off but where a test checks them (tests/test_attestations.py): provenance adds manifests
+        # to every push, and an SBOM needs a scanner image only the downloading session makes.
+        "ATTEST_PROVENANCE": "off",
+        "ATTEST_SBOM": "false",
     }
 )
 for name in ("DATABASE_URL", "CELERY_BROKER_URL"):

@@ -85,6 +85,7 @@ class BuildConfigOutput(serializers.Serializer):
                                        help_text="the order of a tenant's waiting jobs (default normal)")
     supersede = serializers.JSONField(required=False, help_text='true or "running": cancels older jobs of the '
                                       "same projectId + ref + workingDir (pending, or also the running one)")
+    attestations = serializers.BooleanField(required=False, help_text="false: no provenance or SBOM attestations")
 
 
 @extend_schema_serializer(component_name="QueuePlace")
@@ -107,6 +108,28 @@ class FailureOutput(serializers.Serializer):
     step = serializers.CharField(allow_null=True, help_text='the Dockerfile step that failed, e.g. "RUN npm test", '
                                  "when buildctl named it")
     retryable = serializers.BooleanField(help_text="submitting the same job again may succeed with nothing changed")
+
+
+@extend_schema_serializer(component_name="Image")
+class ImageOutput(serializers.Serializer):
+    sizeBytes = serializers.IntegerField(allow_null=True, help_text="the layers' compressed bytes in the registry")
+    layers = serializers.IntegerField(allow_null=True)
+    platform = serializers.CharField(allow_null=True, help_text='e.g. "linux/amd64"')
+
+
+@extend_schema_serializer(component_name="Step")
+class StepOutput(serializers.Serializer):
+    index = serializers.IntegerField(help_text="1 for the first Dockerfile instruction buildctl began")
+    name = serializers.CharField(help_text='as buildctl names it, e.g. "[2/3] RUN make"')
+    startedAt = serializers.DateTimeField()
+    seconds = serializers.FloatField(allow_null=True, help_text="null when the step did not finish")
+    cached = serializers.BooleanField(help_text="the build cache answered it")
+
+
+@extend_schema_serializer(component_name="Cache")
+class CacheOutput(serializers.Serializer):
+    steps = serializers.IntegerField(help_text="Dockerfile steps of the build")
+    cached = serializers.IntegerField(help_text="of which the build cache answered")
 
 
 @extend_schema_serializer(component_name="Job")
@@ -141,6 +164,13 @@ class JobOutput(serializers.Serializer):
     worker = serializers.CharField(allow_null=True, help_text="the worker process that took the job")
     priority = serializers.ChoiceField(choices=list(PRIORITIES), help_text="buildConfig.priority, normal by default")
     queue = QueuePlaceOutput(allow_null=True, help_text="where a pending job stands (null once it started)")
+    image = ImageOutput(allow_null=True, help_text="the image pushed (null until it was)")
+    steps = StepOutput(many=True, allow_null=True, help_text="the Dockerfile's steps as the build ran them")
+    cache = CacheOutput(allow_null=True)
+    queuedSeconds = serializers.FloatField(allow_null=True, help_text="from creation to the first start")
+    fetchSeconds = serializers.FloatField(allow_null=True, help_text="fetching the source and preparing the build")
+    buildSeconds = serializers.FloatField(allow_null=True, help_text="buildctl, without exporting the image")
+    pushSeconds = serializers.FloatField(allow_null=True, help_text="exporting and pushing the image, and the tag")
 
 
 # The webhook's body: the same fields as Job's, CALLBACK_FIELDS of them.

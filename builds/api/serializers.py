@@ -178,6 +178,8 @@ class BuildConfigInput(serializers.Serializer):
     # true: this job cancels the older pending jobs of its projectId + ref + workingDir;
     # "running": the one building too. Absent: SUPERSEDE_DEFAULT.
     supersede = serializers.JSONField(required=False)
+    # false: the image is pushed without provenance and SBOM attestations.
+    attestations = StrictBoolean(required=False)
 
     def validate_priority(self, value):
         if value not in ("", *PRIORITIES):
@@ -238,7 +240,7 @@ class BuildConfigInput(serializers.Serializer):
         if install:
             attrs["prebuildCommand"] = attrs["installCommand"] = install
         # Drop empty optional values so the stored config says only what the client asked.
-        return {k: v for k, v in attrs.items() if v not in ("", None, [], {}) or k in ("isAutoBuild", "supersede")}
+        return {k: v for k, v in attrs.items() if v not in ("", None, [], {}) or k in ("isAutoBuild", "supersede", "attestations")}
 
 
 class JobCreateInput(serializers.Serializer):

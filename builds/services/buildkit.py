@@ -8,16 +8,23 @@ buildctl authenticates to the registry with a docker config file of the builder'
 policy (builds.services.egress) and, for a build without a network, BuildKit's
 `force-network-mode=none`.
 
+Every image carries the OCI annotations and labels of `image_metadata` (source without
+credentials, revision, created, title, job id) and, unless the job opted out, SLSA provenance
+and an SBOM as attestations (ATTEST_PROVENANCE, ATTEST_SBOM, SBOM_SCANNER_IMAGE).
+
 The image is pushed by digest only (`push-by-digest=true`): buildctl never writes a tag. The
 attempt that still holds the job's lease writes it afterwards (builds.services.registry), so a
 build that outlived its lease cannot move a tag another attempt wrote.
 """
 
 import base64
+import csv
+import io
 import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +32,7 @@ from django.conf import settings
 
 from builds import errors
 from builds.errors import TransientError, UserError
+from builds.services import egress
 
 _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
 _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
@@ -32,6 +40,14 @@ _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
 # ERROR line and carries on; it is expected, so the log says what it means instead.
 _NO_CACHE_YET = re.compile(r"^#(\d+) ERROR: failed to configure registry cache importer: .*\bnot found\b")
 _STEP_DONE = re.compile(r"^#(\d+) (DONE|CACHED)\b")
+_VERTEX = re.compile(r"^#(\d+) (\S.*)$")
+_VERTEX_DONE = re.compile(r"^#(\d+) DONE (\d+(?:\.\d+)?)s$")
+_VERTEX_CACHED = re.compile(r"^#(\d+) CACHED$")
+# A Dockerfile instruction's vertex: "[2/3] RUN ..." or "[build 2/5] COPY ...".
+_DOCKERFILE_STEP = re.compile(r"^\[(?:[^\]\s]+ )?\d+/\d+\] ")
+_EXPORT = "exporting to image"
+# The scanner `attest:sbom` runs when SBOM_SCANNER_IMAGE names none (BuildKit's default).
+DEFAULT_SBOM_SCANNER = "docker/buildkit-syft-scanner:stable-1"
 _CPU_PERIOD = 100_000
 
 
@@ -53,11 +69,62 @@ class BuildRequest:
     generated: bool = False
     network_none: bool = False
     source_policy_file: Path | None = None
+    attestations: bool = True
+    # OCI annotations of the manifest (and of the index attestations make), and image labels.
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Recorded in the provenance (BuildKit's vcs:source / vcs:revision frontend options).
+    vcs_source: str = ""
+    vcs_revision: str = ""
+
+
+def image_metadata(*, source: str, revision: str, created: str, title: str, job_id: str) -> dict[str, str]:
+    """The annotations and labels every image gets; `source` must be free of credentials."""
+    return {
+        "org.opencontainers.image.source": source,
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.created": created,
+        "org.opencontainers.image.title": title,
+        JOB_ID_KEY: job_id,
+    }
+
+
+JOB_ID_KEY = "dev.hubfly.builder.job-id"
+
+
+def _csv_field(items: list[str]) -> str:
+    """buildctl reads --output as one CSV record: a value with a comma or quote must be quoted."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(items)
+    return out.getvalue()
+
+
+def _attest_opts(req: BuildRequest) -> list[str]:
+    if not req.attestations:
+        return []
+    argv = []
+    if settings.ATTEST_PROVENANCE != "off":
+        argv += ["--opt", f"attest:provenance=mode={settings.ATTEST_PROVENANCE}"]
+    if settings.ATTEST_SBOM:
+        generator = f"generator={settings.SBOM_SCANNER_IMAGE}" if settings.SBOM_SCANNER_IMAGE else ""
+        argv += ["--opt", f"attest:sbom={generator}"]
+    return argv
+
+
+def makes_index(req: BuildRequest) -> bool:
+    """Whether the push is an index (attestation manifests ride beside the image's)."""
+    return bool(_attest_opts(req))
 
 
 def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
     """The buildctl argv and the extra environment that carries secret values."""
     insecure = ",registry.insecure=true" if settings.REGISTRY_INSECURE else ""
+    output = ["type=image", f"name={req.repository}", "push=true", "push-by-digest=true"]
+    if settings.REGISTRY_INSECURE:
+        output.append("registry.insecure=true")
+    for key, value in req.metadata.items():
+        output.append(f"annotation.{key}={value}")
+        if makes_index(req):
+            output.append(f"annotation-index.{key}={value}")
     argv = [
         settings.BUILDCTL_BIN, "--addr", settings.BUILDKIT_ADDR, "build",
         "--frontend", "dockerfile.v0",
@@ -65,9 +132,16 @@ def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
         "--local", f"dockerfile={req.dockerfile_dir}",
         "--opt", f"filename={req.dockerfile_name}",
         "--progress", "plain",
-        "--output", f"type=image,name={req.repository},push=true,push-by-digest=true{insecure}",
+        "--output", _csv_field(output),
         "--metadata-file", str(req.metadata_file),
     ]
+    for key, value in req.metadata.items():
+        argv += ["--opt", f"label:{key}={value}"]
+    argv += _attest_opts(req)
+    if req.vcs_source:
+        argv += ["--opt", f"vcs:source={req.vcs_source}"]
+    if req.vcs_revision:
+        argv += ["--opt", f"vcs:revision={req.vcs_revision}"]
     for key, value in sorted(req.build_args.items()):
         argv += ["--opt", f"build-arg:{key}={value}"]
     if req.cache_namespace:
@@ -148,17 +222,28 @@ def read_digest(metadata_file: Path) -> str:
         return ""
 
 
+@dataclass
+class Vertex:
+    name: str
+    started_at: float  # wall clock, when buildctl first named it
+    seconds: float | None = None
+    cached: bool = False
+
+
 class ProgressTracker:
-    """Follows buildctl's plain progress output: which step runs, and which one failed."""
+    """Follows buildctl's plain progress output: which step runs, which one failed, and each
+    vertex's start, duration (its DONE line) and whether the cache answered it (CACHED)."""
 
     def __init__(self):
         self.steps: dict[str, str] = {}
+        self.vertices: dict[str, Vertex] = {}
         self.current: str | None = None
         self.failed_step: str | None = None
         self.failure: str | None = None
         self.done: set[str] = set()  # numbers of the steps that ended
 
     def feed(self, line: str) -> None:
+        self._time(line)
         if match := _STEP.match(line):
             self.steps[match[1]] = match[2]
             self.current = match[2]
@@ -170,11 +255,35 @@ class ProgressTracker:
             self.failed_step = self.steps.get(match[1], self.failed_step)
             self.failure = match[2]
 
+    def _time(self, line: str) -> None:
+        if match := _VERTEX_DONE.match(line):
+            if vertex := self.vertices.get(match[1]):
+                vertex.seconds = float(match[2])
+        elif match := _VERTEX_CACHED.match(line):
+            if vertex := self.vertices.get(match[1]):
+                vertex.cached, vertex.seconds = True, 0.0
+        elif (match := _VERTEX.match(line)) and match[1] not in self.vertices:
+            name = match[2]
+            if name.startswith("[") or name == _EXPORT or name.startswith("exporting "):
+                self.vertices[match[1]] = Vertex(name=name, started_at=time.time())
+
     def running_step(self) -> str | None:
         """The Dockerfile step started last of those still running (buildctl prints an
         earlier step's header again when it reports more of it), as failure.step names it."""
         running = [name for number, name in self.steps.items() if number not in self.done]
         return _failed_step_name(running[-1]) if running else None
+
+    def dockerfile_steps(self) -> list[dict]:
+        """The Dockerfile's instructions as the job shows them, in the order buildctl began them."""
+        steps = [v for v in self.vertices.values() if _DOCKERFILE_STEP.match(v.name)]
+        return [
+            {"index": index, "name": v.name, "startedAt": _iso(v.started_at), "seconds": v.seconds, "cached": v.cached}
+            for index, v in enumerate(steps, 1)
+        ]
+
+    def export_seconds(self) -> float:
+        """How long the image's export and push took (BuildKit's "exporting to image")."""
+        return sum(v.seconds or 0.0 for v in self.vertices.values() if v.name == _EXPORT)
 
     def progress(self) -> dict | None:
         if not self.current:
@@ -198,6 +307,10 @@ def _failed_step_name(step: str) -> str | None:
     return _step_name(step)
 
 
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp % 1 * 1000):03d}Z"
+
+
 def classify_failure(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     """The error for a failed buildctl run, naming the step that failed when buildctl said."""
     error = _classify(tracker, tail)
@@ -210,6 +323,14 @@ def _classify(tracker: ProgressTracker, tail: list[str]) -> errors.BuildError:
     output = "\n".join(tail)
     reason = next((ln for ln in reversed(tail) if ln.startswith("error:")), tracker.failure or (tail[-1] if tail else ""))
     reason = reason.removeprefix("error: ").strip()
+    scanner = egress.image_name(settings.SBOM_SCANNER_IMAGE or DEFAULT_SBOM_SCANNER)
+    if settings.ATTEST_SBOM and f"failed to resolve source metadata for {scanner}" in output:
+        # The operator's setting, not the repository's base image: ours to fix, and retried
+        # like any image a registry did not serve.
+        return TransientError(
+            f"the SBOM scanner image {scanner} cannot be pulled (set SBOM_SCANNER_IMAGE to one buildkitd can pull, "
+            f"or ATTEST_SBOM=false): {reason}", code=errors.SBOM_SCANNER_UNAVAILABLE,
+        )
     if re.search(r"denied by policy", output):
         return UserError(
             f"the build tried to fetch a source that builds may not reach: {reason}", code=errors.EGRESS_REFUSED

@@ -55,6 +55,20 @@ class SourceCheck:
         return {"rules": rules}
 
 
+def image_name(reference: str) -> str:
+    """An image reference as BuildKit names it: one without a registry is Docker Hub's."""
+    first, _, rest = reference.partition("/")
+    if not rest or not ("." in first or ":" in first or first == "localhost"):
+        return f"docker.io/{reference if rest else 'library/' + reference}"
+    return reference
+
+
+def allow_image(reference: str) -> list[dict]:
+    """Rules that let buildkitd pull one operator-chosen image (the SBOM scanner)."""
+    reference = image_name(reference)
+    return [_rule("ALLOW", f"docker-image://{reference}"), _rule("ALLOW", f"docker-image://{reference}@*")]
+
+
 def _rule(action: str, identifier: str) -> dict:
     return {"action": action, "selector": {"identifier": identifier, "matchType": "WILDCARD"}}
 

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,16 @@ def checked_source(*, url: str, ref: str = "", commit_sha: str = "") -> Source:
     except gitsource.SourceError as exc:
         raise UserError(str(exc), code=errors.SOURCE_REFUSED) from None
     return Source(url=url, ref=ref, commit_sha=commit_sha, addresses=addresses)
+
+
+def public_url(url: str) -> str:
+    """The repository URL as images and attestations name it: without user, password or query
+    (tokens travel in either). An scp-like `user@host:path` is left as it is: no secret there."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def require_free_disk(workspace: Path) -> None:

@@ -91,6 +91,38 @@ def _queue_wait_histogram() -> HistogramMetricFamily:
     return histogram
 
 
+PHASE_BUCKETS_SECONDS = (1, 5, 10, 30, 60, 120, 300, 600, 1800)
+PHASES = ("queued", "fetch", "build", "push")
+
+
+def _phases_and_cache() -> tuple[HistogramMetricFamily, GaugeMetricFamily]:
+    """Per-phase times and the share of Dockerfile steps the build cache answered, over the
+    jobs whose attempt wrote a report (builds.services.pipeline). The report is JSON, read
+    here rather than in SQL so that SQLite and PostgreSQL answer alike."""
+    observed = {phase: [] for phase in PHASES}
+    steps = cached = 0
+    rows = Job.objects.filter(report__isnull=False, started_at__isnull=False)
+    for report, started_at, created_at in rows.values_list("report", "started_at", "created_at").iterator():
+        phases = (report or {}).get("phases") or {}
+        observed["queued"].append(max((started_at - created_at).total_seconds(), 0.0))
+        for phase in ("fetch", "build", "push"):
+            if isinstance(phases.get(phase), (int, float)):
+                observed[phase].append(float(phases[phase]))
+        cache = (report or {}).get("cache") or {}
+        steps += cache.get("steps") or 0
+        cached += cache.get("cached") or 0
+    histogram = HistogramMetricFamily(
+        "hubfly_build_phase_seconds", "Time builds spent per phase: queued, fetch, build, push", labels=["phase"]
+    )
+    for phase, values in observed.items():
+        cumulative = [(str(float(b)), sum(1 for v in values if v <= b)) for b in PHASE_BUCKETS_SECONDS]
+        histogram.add_metric([phase], cumulative + [("+Inf", len(values))], sum(values))
+    ratio = GaugeMetricFamily("hubfly_build_cache_hit_ratio",
+                              "Share of Dockerfile steps the build cache answered, over all reported builds",
+                              value=cached / steps if steps else 0.0)
+    return histogram, ratio
+
+
 class DatabaseCollector:
     def collect(self):
         yield GaugeMetricFamily("hubfly_metrics_computed_timestamp_seconds",
@@ -109,6 +141,7 @@ class DatabaseCollector:
                                 "or due for a retry (0 if none)", value=_longest_wait_seconds())
         yield _duration_histogram()
         yield _queue_wait_histogram()
+        yield from _phases_and_cache()
 
         # Callback deliveries: every attempt is a CallbackAttempt row.
         failed = Q(http_status__isnull=True) | Q(http_status__lt=200) | Q(http_status__gte=300)

@@ -63,6 +63,8 @@ class BuildDirector:
         )
         self.workspace = settings.WORKSPACE_DIR / naming.workspace_name(job.id, lease.hex)
         self.tracker = buildkit.ProgressTracker()
+        # What the job shows of this attempt (job JSON `image`, `steps`, `cache`, phase times).
+        self.report: dict = {"phases": {}}
         self._last_progress = None
         self._renewed_at = time.monotonic()
         # Without a renewal for this long, stop: the reaper may take the job LEASE_SECONDS after
@@ -134,11 +136,21 @@ class BuildDirector:
         check = egress.check_dockerfile(text, build_args=self.build_args, network_none=network_none, own_repository=own)
         if check.refused:
             raise errors.UserError(check.refused[0], code=errors.EGRESS_REFUSED)
+        policy = check.policy(own)
+        if settings.SBOM_SCANNER_IMAGE:  # buildkitd pulls the scanner under the same policy
+            policy["rules"] += egress.allow_image(settings.SBOM_SCANNER_IMAGE)
         path = self.workspace / "source-policy.json"
-        path.write_text(json.dumps(check.policy(own)))
+        path.write_text(json.dumps(policy))
         return path
 
-    def build_and_push(self, inputs: dockerfiles.BuildInputs, repository: str) -> str:
+    def image_metadata(self, sha: str) -> dict[str, str]:
+        job = self.job
+        return buildkit.image_metadata(
+            source=git.public_url(job.source_info["gitRepository"]), revision=sha,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), title=job.project_id, job_id=job.id,
+        )
+
+    def build_and_push(self, inputs: dockerfiles.BuildInputs, repository: str, sha: str = "") -> str:
         """Build and push the image by digest (no tag); returns the digest."""
         config = self.job.build_config or {}
         limits = config.get("resourceLimits") or {}
@@ -161,6 +173,10 @@ class BuildDirector:
             generated=inputs.generated,
             network_none=network_none,
             source_policy_file=policy_file,
+            attestations=config.get("attestations", True) is not False,
+            metadata=self.image_metadata(sha),
+            vcs_source=git.public_url(self.job.source_info["gitRepository"]),
+            vcs_revision=sha,
         )
         argv, secret_env = buildkit.command(request)
         self.log.line(f"building {repository}")
@@ -169,10 +185,19 @@ class BuildDirector:
             self.tracker.feed(text)
             self.log.line(buildkit.readable_line(text))
 
-        result = process.run(
-            argv, guard=self.guard, env=buildkit.buildctl_env(secret_env), line=on_line, tick=self.log.tick,
-            grace_seconds=settings.CANCEL_GRACE_SECONDS,
-        )
+        started = time.monotonic()
+        try:
+            result = process.run(
+                argv, guard=self.guard, env=buildkit.buildctl_env(secret_env), line=on_line, tick=self.log.tick,
+                grace_seconds=settings.CANCEL_GRACE_SECONDS,
+            )
+        finally:
+            export = self.tracker.export_seconds()
+            self.report["phases"]["build"] = round(max(time.monotonic() - started - export, 0.0), 3)
+            self.report["phases"]["push"] = round(export, 3)
+            steps = self.tracker.dockerfile_steps()
+            self.report["steps"] = steps
+            self.report["cache"] = {"steps": len(steps), "cached": sum(1 for step in steps if step["cached"])}
         if result.returncode != 0:
             raise buildkit.classify_failure(self.tracker, result.tail)
         digest = buildkit.read_digest(request.metadata_file)
@@ -185,13 +210,19 @@ class BuildDirector:
         """The fence: only the attempt that holds the lease writes the tag. The conditional update
         renews the lease, so the reaper cannot give the job to another attempt for LEASE_SECONDS;
         each request to the registry is bounded well inside that."""
+        started = time.monotonic()
         writer = registry.TagWriter(repository, timeout_seconds=settings.LEASE_SECONDS / 3)
         manifest, media_type = writer.read_manifest(digest)
+        try:
+            self.report["image"] = writer.image_summary(manifest)
+        except (errors.TransientError, ValueError, KeyError, TypeError) as exc:  # the tag matters more
+            self.log.line(f"could not read the image's size and platform: {exc}")
         if not lifecycle.job_fence(job_id=self.job.id, lease=self.lease):
             if lifecycle.cancel_requested(self.job.id):
                 raise BuildCanceled("canceled")
             raise LeaseLost("the job's lease was lost before its tag was written")
         writer.put(tag, manifest, media_type)
+        self.report["phases"]["push"] = round(self.report["phases"].get("push", 0.0) + time.monotonic() - started, 3)
         self.log.line(f"tagged {repository}:{tag} as {digest}")
 
     # --- the attempt -------------------------------------------------------------------------
@@ -218,20 +249,22 @@ class BuildDirector:
             self.guard.deadline = time.monotonic() + self.timeout - elapsed
             if elapsed >= self.timeout:
                 raise BuildTimedOut("no time left for another attempt")
+            started = time.monotonic()
             sha = self.fetch_source()
             inputs = self.prepare()
+            self.report["phases"]["fetch"] = round(time.monotonic() - started, 3)
             repository, tag = naming.image_repository(job.user_id, job.project_id), naming.image_tag(job.id)
             image = f"{repository}:{tag}"
             if not lifecycle.job_start_building(job_id=job.id, lease=self.lease, commit_sha=sha, image_tag=image):
                 if lifecycle.cancel_requested(job.id):
                     raise BuildCanceled("canceled")
                 raise LeaseLost("the job's lease was lost before the build started")
-            digest = self.build_and_push(inputs, repository)
+            digest = self.build_and_push(inputs, repository, sha)
             self.publish_tag(repository, tag, digest)
             self.log.line("build succeeded")
             self.log.flush()
             self._db(lambda: lifecycle.job_finish(job_id=job.id, lease=self.lease, status=Status.SUCCESS,
-                                                  image_digest=digest))
+                                                  image_digest=digest, report=self.report))
             return Outcome()
         except LeaseLost as exc:
             self.log.line(f"stopping: {exc}; another worker or the reaper owns this job now")
@@ -293,7 +326,7 @@ class BuildDirector:
     def _finish(self, status: str, code: str, message: str, step: str = "") -> None:
         self.log.flush()
         self._db(lambda: lifecycle.job_finish(job_id=self.job.id, lease=self.lease, status=status, error_code=code,
-                                              error=message, failure_step=step))
+                                              error=message, failure_step=step, report=self.report))
 
     def _db(self, call):
         """A final write of the attempt, tried again through a transient database error: each

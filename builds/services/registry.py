@@ -57,6 +57,12 @@ def basic_credentials(host: str) -> str | None:
     return None
 
 
+def _platform(spec: dict) -> str | None:
+    if not spec.get("os"):
+        return None
+    return "/".join(p for p in (spec.get("os"), spec.get("architecture"), spec.get("variant")) if p)
+
+
 def _challenge(header: str) -> dict[str, str] | None:
     """The parameters of a `WWW-Authenticate: Bearer realm=...,service=...,scope=...` header."""
     if not header.lower().startswith("bearer "):
@@ -90,6 +96,26 @@ class TagWriter:
         if media_type not in MANIFEST_TYPES:
             raise _unavailable(f"the manifest {digest} has no known media type")
         return body, media_type
+
+    def image_summary(self, manifest: bytes) -> dict:
+        """{sizeBytes, layers, platform} of the image a pushed manifest (or index) names. The size
+        is the layers' compressed bytes, as the registry stores them. An index's attestation
+        manifests (BuildKit marks them `vnd.docker.reference.type`) are not the image."""
+        document = json.loads(manifest)
+        platform = None
+        if "manifests" in document:
+            images = [m for m in document["manifests"]
+                      if "vnd.docker.reference.type" not in (m.get("annotations") or {})]
+            if not images:
+                return {"sizeBytes": None, "layers": None, "platform": None}
+            described = images[0]
+            platform = _platform(described.get("platform") or {})
+            document = json.loads(self.read_manifest(described["digest"])[0])
+        layers = document.get("layers") or []
+        if platform is None:
+            with self._send("GET", f"{self.base}/blobs/{document['config']['digest']}", headers={}) as answer:
+                platform = _platform(json.loads(answer.read(_MAX_MANIFEST)))
+        return {"sizeBytes": sum(layer.get("size", 0) for layer in layers), "layers": len(layers), "platform": platform}
 
     def put(self, tag: str, manifest: bytes, media_type: str) -> None:
         with self._send("PUT", f"{self.base}/manifests/{tag}", data=manifest,

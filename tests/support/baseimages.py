@@ -43,6 +43,8 @@ COREPACK_VERSION = "0.34.7"
 GO_VERSION = "1.23.12"
 GO_1_24_VERSION = "1.24.13"  # configs/runtimes.json's default Go line
 BUN_VERSION = "1.2.23"
+SYFT_VERSION = "v1.57.1"
+SBOM_SCAN_SCRIPT = Path(__file__).resolve().parents[2] / "configs" / "sbom-scanner" / "scan.sh"
 FRONTEND_BINARY = Path("/usr/local/lib/hubfly/dockerfile-frontend")
 # The labels BuildKit's own frontend image carries (frontend/dockerfile/cmd/dockerfile-frontend/Dockerfile).
 FRONTEND_LABELS = {
@@ -93,6 +95,10 @@ REFERENCES = {
     "maven": ("hubfly-test/maven", ("3.8-openjdk-17-bookworm",)),
     "openjdk-jre": ("hubfly-test/openjdk", ("17-jre-bookworm",)),
     "rust": ("library/rust", ("1.85-bookworm", "1.85")),
+    # BuildKit's default SBOM generator (attest:sbom without generator=). Not Docker's image:
+    # syft from the Go module proxy behind configs/sbom-scanner/scan.sh, which speaks the same
+    # scanner protocol (Docker's scanner module is not served by the Go module proxy).
+    "sbom-scanner": ("docker/buildkit-syft-scanner", ("stable-1",)),
 }
 # Images made by a Dockerfile on BuildKit (apt-get inside a RUN step) rather than packed here.
 BUILT_WITH_BUILDKIT = {"python", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
@@ -146,6 +152,9 @@ def ensure_base_images(
     if "golang-1.24" in images:
         with made("golang-1.24"):
             _push_golang(registry_addr, cache_dir, debian_layer, GO_1_24_VERSION, "golang-1.24")
+    if "sbom-scanner" in images:
+        with made("sbom-scanner"):
+            _push_sbom_scanner(registry_addr, cache_dir, debian_layer)
     for name in ("bun", "bun-slim"):
         if name in images:
             with made(name):
@@ -525,6 +534,31 @@ def _push_frontend(registry_addr: str, cache_dir: Path) -> str:
     )
     config["config"]["Env"] = []
     return _push(registry_addr, "dockerfile-frontend", config, [layer])
+
+
+# sbom-scanner ---------------------------------------------------------------------------------
+
+
+def _push_sbom_scanner(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    script = SBOM_SCAN_SCRIPT.read_bytes()
+    key = _key(SYFT_VERSION, script)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        # syft is compiled once per version (a few minutes) and kept beside the layers.
+        bin_dir = cache_dir / "syft" / SYFT_VERSION
+        if not (bin_dir / "syft").is_file():
+            env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(bin_dir), "GOFLAGS": "-mod=mod"}
+            _run(["go", "install", "-trimpath", "-ldflags", "-s -w",
+                  f"github.com/anchore/syft/cmd/syft@{SYFT_VERSION}"], env=env)
+        for name in ("usr", "usr/local", "usr/local/bin"):
+            _add_dir(tar, name)
+        _add_bytes(tar, "usr/local/bin/syft", (bin_dir / "syft").read_bytes(), 0o755)
+        _add_bytes(tar, "usr/local/bin/hubfly-sbom-scan", script, 0o755)
+
+    layer = _cached_layer(cache_dir, "sbomscanner", key, f"syft {SYFT_VERSION} and hubfly-sbom-scan", fill)
+    layers = [debian_layer, layer]
+    config = _image_config(layers, cmd=[], base={"Entrypoint": ["/usr/local/bin/hubfly-sbom-scan"]})
+    return _push(registry_addr, "sbom-scanner", config, layers)
 
 
 # node -----------------------------------------------------------------------------------------
