@@ -55,7 +55,7 @@ def main() -> int:
         from django.test import Client, override_settings
 
         from builds.models import Job
-        from builds.services import jobs
+        from builds import presentation
 
         call_command("migrate", verbosity=0)
         call_command("init_broker")
@@ -80,7 +80,7 @@ def main() -> int:
             trimmed = Client(HTTP_AUTHORIZATION="Bearer bench")
             print(f"read, BodySizeLimit + Common only       "
                   f"{timed(n, lambda i: trimmed.get(f'/api/v1/jobs/{ids[i % n]}')):6.2f} ms")
-        bare = lambda i: json.dumps(jobs.job_json(Job.objects.get(pk=ids[i % n])))  # noqa: E731
+        bare = lambda i: json.dumps(presentation.job_json(Job.objects.get(pk=ids[i % n])))  # noqa: E731
         print(f"ORM get + job_json + json.dumps only    {timed(n, bare):6.2f} ms")
         if args.profile:
             import cProfile
