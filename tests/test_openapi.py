@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from django.utils import timezone
 from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
