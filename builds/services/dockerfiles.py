@@ -18,6 +18,7 @@ from pathlib import Path
 from django.conf import settings
 
 from builds import errors
+from builds.buildsettings import BuildSettings
 from builds.dockerfile import plan_build
 from builds.errors import UserError
 from hubfly.env import ConfigError
@@ -72,9 +73,9 @@ def read_repository_dockerfile(root: Path, app_dir: Path, relative: str) -> byte
 
 def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Path, log) -> BuildInputs:
     app_dir = directory(checkout, working_dir, "workingDir")
-    context_rel = build_config.get("buildContextDir")
-    context_dir = directory(checkout, context_rel, "buildContextDir") if context_rel else app_dir
-    dockerfile_rel = build_config.get("dockerfilePath") or "Dockerfile"
+    wanted = BuildSettings.of(build_config)
+    context_dir = directory(checkout, wanted.build_context_dir, "buildContextDir") if wanted.build_context_dir else app_dir
+    dockerfile_rel = wanted.dockerfile_path or "Dockerfile"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     data = read_repository_dockerfile(checkout, app_dir, dockerfile_rel)
@@ -82,7 +83,7 @@ def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Pa
         check_frontend(data)
         (out_dir / "Dockerfile").write_bytes(data)
         return BuildInputs(context_dir, out_dir, "Dockerfile", False, f"using the repository's {dockerfile_rel}")
-    if build_config.get("dockerfilePath"):
+    if wanted.dockerfile_path:
         raise UserError(f"dockerfilePath {dockerfile_rel!r} does not exist", code=errors.DOCKERFILE_NOT_FOUND)
 
     plan = generate(app_dir=app_dir, checkout=checkout, build_config=build_config)
@@ -105,7 +106,7 @@ def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Pa
 
 def generate(*, app_dir: Path, checkout: Path, build_config: dict):
     """A BuildPlan from buildConfig or detection, or None when there is nothing to go on."""
-    if not (build_config.get("isAutoBuild") or build_config.get("runtime")):
+    if not BuildSettings.of(build_config).generated:
         return None
     return plan_build(app_dir, build_config, repo_root=checkout)
 

@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
 from builds import errors
+from builds.buildsettings import BuildSettings
 from builds.errors import BuildError
 from builds.models import PRIORITIES, Job, Status
 from builds.services import dispatch, lifecycle, logs
@@ -122,7 +123,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                 secret_values=seal_secrets(secrets),
                 request_fingerprint=digest,
                 callback_url=data.get("callbackUrl") or "",
-                priority=PRIORITIES[build_config.get("priority") or "normal"],
+                priority=PRIORITIES[BuildSettings.of(build_config).priority],
                 enqueued_at=Now(),  # the database's clock, as the reaper compares it
             )
             logs.append_text(job.id, "job accepted; waiting for a worker")
@@ -165,8 +166,8 @@ def supersede_older(job: Job) -> list[str]:
     """buildConfig.supersede (or SUPERSEDE_DEFAULT): cancel the older jobs of the same projectId
     + ref + workingDir that are pending, and with "running" the one building too. Returns
     their ids."""
-    mode = (job.build_config or {}).get("supersede", settings.SUPERSEDE_DEFAULT)
-    if mode in (False, "false"):
+    mode = BuildSettings.of(job.build_config).supersede
+    if not mode:
         return []
     running = mode == "running"
     statuses = (Status.PENDING, Status.CLAIMED, Status.BUILDING) if running else (Status.PENDING,)

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from builds import errors
+from builds.buildsettings import BuildSettings
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
 from builds.services import (
@@ -47,14 +48,13 @@ class BuildDirector:
     def __init__(self, job: Job, lease: uuid.UUID, secrets: dict[str, str] | None = None):
         self.job = job
         self.lease = lease
-        config = job.build_config or {}
+        self.build_settings = BuildSettings.of(job.build_config)
         self.secrets = jobs.job_secrets(job) if secrets is None else secrets
-        secret_keys = set(config.get("secrets") or [])
-        self.build_args = {k: v for k, v in (config.get("env") or {}).items() if k not in secret_keys}
+        self.build_args = self.build_settings.build_args
         self.log = logs.LogWriter(job.id, logs.Masker(self.secrets.values()))
         # One deadline for the whole job, counted from its first start: run() moves the
         # deadline back by the time earlier attempts (and the waits between them) took.
-        self.timeout = config.get("timeoutSeconds") or settings.DEFAULT_TIMEOUT_SECONDS
+        self.timeout = self.build_settings.timeout_seconds
         self.guard = process.Guard(
             deadline=time.monotonic() + self.timeout,
             heartbeat=self._heartbeat,
@@ -152,9 +152,7 @@ class BuildDirector:
 
     def build_and_push(self, inputs: dockerfiles.BuildInputs, repository: str, sha: str = "") -> str:
         """Build and push the image by digest (no tag); returns the digest."""
-        config = self.job.build_config or {}
-        limits = config.get("resourceLimits") or {}
-        network_none = settings.BUILD_NETWORK == "none" or config.get("network") == "none"
+        network_none = self.build_settings.network == "none"
         if network_none:
             self.log.line("this build runs without a network")
         policy_file = self.check_sources(inputs, network_none)
@@ -167,13 +165,13 @@ class BuildDirector:
             metadata_file=self.workspace / "metadata.json",
             build_args=self.build_args,
             secrets=self.secrets,
-            memory_mb=limits.get("memoryMB"),
-            cpu=limits.get("cpu"),
+            memory_mb=self.build_settings.memory_mb,
+            cpu=self.build_settings.cpu,
             cache_namespace=naming.cache_namespace(self.job.user_id, self.job.project_id),
             generated=inputs.generated,
             network_none=network_none,
             source_policy_file=policy_file,
-            attestations=config.get("attestations", True) is not False,
+            attestations=self.build_settings.attestations,
             metadata=self.image_metadata(sha),
             vcs_source=git.public_url(self.job.source_info["gitRepository"]),
             vcs_revision=sha,
