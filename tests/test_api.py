@@ -115,6 +115,7 @@ BAD_REQUESTS = {
     "env value not a string": body(buildConfig={"env": {"A": 1}}),
     "secret not in env": body(buildConfig={"env": {"A": "1"}, "secrets": ["B"]}),
     "isAutoBuild as string": body(buildConfig={"isAutoBuild": "yes"}),
+    "strictLockfile as string": body(buildConfig={"strictLockfile": "true"}),
     "port out of range": body(buildConfig={"exposePort": 70000}),
     "dockerfile path escaping": body(buildConfig={"dockerfilePath": "../Dockerfile"}),
     "buildConfig not an object": body(buildConfig="fast"),

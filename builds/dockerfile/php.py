@@ -84,7 +84,7 @@ def _extensions(require: dict, platform: dict, det: Detection) -> list[str]:
 def render(recipe: Recipe, files: RepoFiles) -> str:
     hints = recipe.hints
     docroot = "/app" + (f"/{hints['docroot']}" if hints.get("docroot") else "")
-    df = Dockerfile()
+    df = Dockerfile(tolerant=recipe.hints.get("lock_fallback", ()))
     if recipe.install or recipe.build:
         df.stage(recipe.images["composer"], "build")
         df.workdir("/app")
