@@ -46,6 +46,8 @@ def refusal(root, files: dict, config: dict | None = None) -> UserError:
     ({**BUN_APP, ".bun-version": "# bun\n1.4.5\n"}, "bun", "1.4"),
     ({**BUN_APP, "package.json": {"scripts": {"start": "bun run index.ts"}, "engines": {"bun": ">=1.3"}}},
      "bun", "1.4"),
+    ({**BUN_APP, "package.json": {"scripts": {"start": "bun run index.ts"}, "packageManager": "bun@1.2.23"}},
+     "bun", "1.2"),
     ({**GO_APP, "go.mod": "module x\n\ngo 1.26.0\n"}, "go", "1.27"),
     ({**GO_APP, "go.mod": "module x\n\ngo 1.24\n\ntoolchain go1.26.2\n"}, "go", "1.27"),
     ({**RUST_APP, "rust-toolchain.toml": '[toolchain]\nchannel = "1.100.0"\n'}, "rust", "1.100"),

@@ -241,6 +241,9 @@ def bun_version(files: RepoFiles, pkg: dict) -> tuple[str | None, str | None]:
     tool = _tool_version(files, ("bun",))
     if tool:
         return tool, ".tool-versions"
+    declared = pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else ""
+    if declared.startswith("bun@"):
+        return declared[4:].split("+")[0].strip(), "package.json packageManager"
     engines = pkg.get("engines") if isinstance(pkg.get("engines"), dict) else {}
     if isinstance(engines.get("bun"), str) and engines["bun"].strip():
         return engines["bun"].strip(), "package.json engines.bun"
