@@ -164,3 +164,20 @@ def test_a_frozen_install_that_succeeds_runs_once_and_warns_nothing(tmp_path):
 ])
 def test_marker_lines_are_read_from_buildctl_output(line, warning):
     assert lockfile.warnings_in(line) == warning
+
+
+def test_job_warnings_are_masked_like_the_log_and_bounded():
+    """The marker can be printed by any step of the build: a secret after it stays masked."""
+    import uuid
+
+    from builds.models import Job
+    from builds.services.pipeline import MAX_WARNINGS, BuildDirector
+
+    director = BuildDirector(Job(id="job-w", build_config={}, source_info={}), uuid.uuid4(),
+                             secrets={"NPM_TOKEN": "npm_s3cr3tvalue"})
+    director._warn("lockfile x: token npm_s3cr3tvalue and https://user:pw@example.invalid/x")
+    assert "npm_s3cr3tvalue" not in director.warnings[0] and "user:pw" not in director.warnings[0]
+    for n in range(MAX_WARNINGS + 5):
+        director._warn(f"warning {n}")
+        director._warn(f"warning {n}")
+    assert len(director.warnings) == MAX_WARNINGS and len(set(director.warnings)) == MAX_WARNINGS

@@ -53,7 +53,8 @@ class BuildDirector:
         self.build_settings = BuildSettings.of(job.build_config)
         self.secrets = jobs.job_secrets(job) if secrets is None else secrets
         self.build_args = self.build_settings.build_args
-        self.log = logs.LogWriter(job.id, logs.Masker(self.secrets.values()))
+        self.masker = logs.Masker(self.secrets.values())
+        self.log = logs.LogWriter(job.id, self.masker)
         # One deadline for the whole job, counted from its first start: run() moves the
         # deadline back by the time earlier attempts (and the waits between them) took.
         self.timeout = self.build_settings.timeout_seconds
@@ -233,6 +234,8 @@ class BuildDirector:
         self.log.line(f"tagged {repository}:{tag} as {digest}")
 
     def _warn(self, warning: str) -> None:
+        # A build step could print a secret after a marker: masked like the log.
+        warning = logs.mask_url_credentials(self.masker(warning))
         if warning not in self.warnings and len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(warning)
 
