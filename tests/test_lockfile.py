@@ -37,7 +37,8 @@ APPS = {
     "uv": ({"pyproject.toml": '[project]\nname = "x"\ndependencies = ["flask", "gunicorn"]\n', "uv.lock": "",
             "app.py": "from flask import Flask\napp = Flask(__name__)\n"},
            "uv sync --locked --no-dev --no-install-project", "uv sync --no-dev --no-install-project"),
-    "poetry": ({"pyproject.toml": '[tool.poetry]\nname = "x"\n[tool.poetry.dependencies]\nflask = "*"\ngunicorn = "*"\n',
+    "poetry": ({"pyproject.toml": '[tool.poetry]\nname = "x"\n'
+                                  '[tool.poetry.dependencies]\nflask = "*"\ngunicorn = "*"\n',
                 "poetry.lock": "", "app.py": "from flask import Flask\napp = Flask(__name__)\n"},
                "poetry install --only main", "poetry lock --no-update || poetry lock; } && poetry install --only main"),
 }
