@@ -168,3 +168,12 @@ def test_a_package_manager_pin_with_shell_characters_is_ignored(tmp_path):
     plan = node_app(tmp_path, {"packageManager": "pnpm@9;id"}, **{"pnpm-lock.yaml": "lockfileVersion: '9.0'\n"})
     assert "9;id" not in plan.dockerfile
     assert "pnpm@10" in plan.dockerfile
+
+
+def test_a_front_end_with_an_addon_gets_build_tools_before_it_is_served_as_files(tmp_path):
+    plan = generate(tmp_path, {"package.json": {"scripts": {"build": "vite build"},
+                                                "devDependencies": {"vite": "5", "node-sass": "9"}},
+                               "package-lock.json": "{}", "index.html": "", "vite.config.js": ""})
+    build, served = stages(plan.dockerfile)
+    assert "g++ make python3" in build and build.index("g++ make python3") < build.index("npm ci")
+    assert "apt-get" not in served

@@ -354,7 +354,7 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     if setup:
         df.env(PATH="/opt/pm/bin:$PATH")
         df.run(setup, _CACHES["npm"])
-    compiled = bool(hints.get("native_modules")) and recipe.runtime == "node"
+    compiled = bool(hints.get("native_modules"))
     if compiled:
         df.run(native.apt_install_missing(("g++", "make", "python3")))
     if recipe.install and hints.get("cacheable_install", True) and _installs_only_dependencies(recipe.install):
