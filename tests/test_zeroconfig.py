@@ -367,7 +367,7 @@ def test_php_composer_app_is_served_by_apache(api, zc_worker, git_server, infra)
 def test_rust_binary_is_built_and_runs(api, zc_worker, git_server, infra):
     base_images(infra, "rust")
     repo = committed(git_server, "rust", app_files("rust-http"))
-    # rust-version 1.85 is a minimum; the default line (1.88) is not made here, so pin the line.
+    # rust-version 1.85 is a minimum; the default line (1.100) is not made here, so pin the line.
     built = build(api, infra, repo, project="zc-rust", isAutoBuild=True, version="1.85")
 
     assert "generated a Dockerfile for rust 1.85" in built.log
