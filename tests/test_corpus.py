@@ -39,7 +39,7 @@ CORPUS = Path(__file__).parent / "corpus"
 USER_ID = "tester"
 # Base images the apps build on, made before the first build (see tests/support/baseimages.py).
 IMAGES = ("debian", "node", "node-22", "python", "python-full", "nginx", "golang-1.24", "maven", "openjdk-jre",
-          "rust", "deno")
+          "rust", "deno", "hugo")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class App:
 
     @property
     def id(self) -> str:
-        return self.archive.split("--", 1)[1] + (f"-{self.working_dir}" if self.working_dir else "")
+        return self.archive.split("--", 1)[-1] + (f"-{self.working_dir}" if self.working_dir else "")
 
 
 APPS = (
@@ -83,9 +83,8 @@ APPS = (
     App("railwayapp-templates--deno",
         outside="it imports its server from deno.land, which this machine cannot reach",
         error_code="BUILD_STEP_FAILED", names=("deno install", "deno.land")),
-    App("render-examples--hugo-quick-start",
-        outside="not the machine's: Hugo is not detected yet (issue 13, item 6 is unfinished)",
-        error_code="NOTHING_TO_BUILD", names=("found nothing to build",)),
+    # Built by test_hugo_site_fetches_its_theme_submodule_and_is_served: `git archive` drops the
+    # theme's gitlink, and its upstream (GitHub) cannot be reached here.
 )
 RESULTS: list[str] = []
 
@@ -153,6 +152,68 @@ def plan_line(log: str) -> str:
 def test_corpus_app_builds_and_serves_or_fails_naming_what_is_missing(app, api, corpus_worker, git_server, infra,
                                                                       capsys):
     repo = unpacked(git_server, app.archive)
+    check_app(app, repo, api, infra, capsys)
+
+
+# A stand-in for the Ananke theme (GitHub is out of reach): the layouts a home page needs.
+THEME = {
+    "layouts/_default/baseof.html": "<!doctype html><html><head><title>{{ .Site.Title }}</title></head>"
+                                    "<body>{{ block \"main\" . }}{{ end }}</body></html>\n",
+    "layouts/index.html": "{{ define \"main\" }}<h1>{{ .Site.Title }}</h1><p>theme: stand-in ananke</p>"
+                          "{{ range .Site.RegularPages }}<a href=\"{{ .RelPermalink }}\">{{ .Title }}</a>{{ end }}"
+                          "{{ end }}\n",
+    "layouts/_default/single.html": "{{ define \"main\" }}<h1>{{ .Title }}</h1>{{ .Content }}{{ end }}\n",
+    "layouts/_default/list.html": "{{ define \"main\" }}{{ range .Pages }}{{ .Title }}{{ end }}{{ end }}\n",
+}
+
+
+def with_submodule(git_server, archive: str, path: str, url: str, sha: str):
+    """The archive's tree with the submodule at `path` restored: a gitlink to `sha` and its
+    .gitmodules entry pointing at `url`."""
+    repo = unpacked(git_server, archive)
+    git("config", "--file", ".gitmodules", f"submodule.{path}.url", url, cwd=repo.work)
+    git("update-index", "--add", "--cacheinfo", f"160000,{sha},{path}", cwd=repo.work)
+    git("add", ".gitmodules", cwd=repo.work)
+    git("commit", "-q", "-m", "the theme as a submodule", cwd=repo.work)
+    git("push", "-q", str(repo.bare), "main:main", cwd=repo.work)
+    return repo
+
+
+HUGO = App("render-examples--hugo-quick-start", port=8080, body="<title>Deploy Hugo on Render</title>")
+
+
+def test_hugo_site_fetches_its_theme_submodule_and_is_served(api, corpus_worker, git_server, infra, capsys):
+    theme = git_server.repo(f"ananke-{uuid.uuid4().hex[:6]}")
+    theme_sha = theme.commit(THEME)
+    site = with_submodule(git_server, HUGO.archive, "themes/ananke", f"../{theme.name}.git", theme_sha)
+    job = check_app(HUGO, site, api, infra, capsys)
+    log = job_log(job.id)
+    assert f"fetching submodule themes/ananke from {theme.url} at {theme_sha}" in log
+
+
+@pytest.mark.parametrize("url, named", [
+    ("file:///etc/hubfly-theme.git", "must be an https://"),
+    ("http://10.1.2.3/theme.git", "non-public address"),
+], ids=["file-url", "private-host"])
+def test_hugo_submodule_on_a_refused_source_fails_the_job_naming_it(url, named, api, corpus_worker, git_server,
+                                                                      infra):
+    site = with_submodule(git_server, HUGO.archive, "themes/ananke", url, "1" * 40)
+    job = submit(api, site, HUGO)
+    assert job.status == "failed" and job.error_code == "SOURCE_REFUSED", (job.error_code, job.error)
+    assert "submodule 'themes/ananke'" in job.error and named in job.error, job.error
+
+
+def test_deno_server_is_detected_and_runs(api, corpus_worker, git_server, infra, capsys):
+    """The corpus's Deno app imports from deno.land (out of reach here); this one uses Deno's own
+    server and shows the Deno image and template work."""
+    repo = git_server.repo(f"deno-{uuid.uuid4().hex[:6]}")
+    repo.commit({"main.ts": 'Deno.serve({ port: Number(Deno.env.get("PORT") ?? "8000") }, () =>\n'
+                            '  new Response(`hello from deno ${Deno.version.deno}\\n`));\n'})
+    job = check_app(App("deno-serve", port=8000, body="hello from deno 2."), repo, api, infra, capsys)
+    assert "generated a Dockerfile for deno 2" in job_log(job.id)
+
+
+def check_app(app: App, repo, api, infra, capsys) -> Job:
     started = time.monotonic()
     job = submit(api, repo, app)
     seconds = time.monotonic() - started
@@ -168,7 +229,7 @@ def test_corpus_app_builds_and_serves_or_fails_naming_what_is_missing(app, api, 
         assert job.error_code == app.error_code, f"[{job.error_code}] {job.error}\n{log[-4000:]}"
         for name in app.names:
             assert name in (job.error or "") or name in log, f"{name!r} is not named: {job.error}\n{log[-4000:]}"
-        return
+        return job
 
     if job.status != "success":
         RESULTS.append(f"{app.id}: {job.status} [{job.error_code}] {job.error} ({seconds:.0f} s) | {plan}")
@@ -190,3 +251,4 @@ def test_corpus_app_builds_and_serves_or_fails_naming_what_is_missing(app, api, 
                               base_cache=CACHE_DIR / "rootfs-bases") as (container, _, _):
         status, body = container.http_get(app.port, "/", timeout=120)
     assert status == 200 and app.body in body, (status, body[:2000])
+    return job

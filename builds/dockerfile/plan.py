@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from builds import errors
-from builds.dockerfile import deno, dotnet, golang, jvm, lockfile, node, php, python, ruby, rust, static
+from builds.dockerfile import deno, dotnet, golang, hugo, jvm, lockfile, node, php, python, ruby, rust, static
 from builds.dockerfile.allowlist import Allowlist, load_allowlist
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import Detection, Recipe, safe_relative_path
@@ -22,10 +22,10 @@ COMMAND_FIELDS = (("prebuild", "install", ("prebuildCommand", "installCommand"))
                   ("run", "run", ("runCommand",)))
 
 # Detection order: on equal confidence the earlier runtime wins.
-DETECTORS = (node, deno, python, golang, rust, jvm, dotnet, php, ruby, static)
+DETECTORS = (hugo, node, deno, python, golang, rust, jvm, dotnet, php, ruby, static)
 MODULES = {"node": node, "bun": node, "python": python, "go": golang, "rust": rust, "java": jvm,
            "dotnet": dotnet, "php": php, "ruby": ruby, "static": static,
-           "deno": deno}
+           "deno": deno, "hugo": hugo}
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def _detect(files: RepoFiles) -> Detection:
     if not found:
         problems = f" ({'; '.join(files.problems)})" if files.problems else ""
         raise UserError("found nothing to build: no Dockerfile and no package.json, requirements.txt, "
-                        f"pyproject.toml, go.mod, Cargo.toml, pom.xml, composer.json, Gemfile, deno.json or index.html{problems}",
+                        f"pyproject.toml, go.mod, Cargo.toml, pom.xml, composer.json, Gemfile, deno.json, a Hugo config or index.html{problems}",
                         code=errors.NOTHING_TO_BUILD)
     best = max(found, key=lambda det: det.confidence)  # max keeps the first of equals
     return best

@@ -48,6 +48,9 @@ BUN_VERSION = "1.2.23"
 SYFT_VERSION = "v1.57.1"
 SBOM_SCAN_SCRIPT = Path(__file__).resolve().parents[2] / "configs" / "sbom-scanner" / "scan.sh"
 DENO_VERSION = "2.9.6"
+# Hugo's standard edition (no cgo), built from the Go module proxy; the newest release whose
+# go.mod this machine's Go toolchain satisfies.
+HUGO_VERSION = "0.164.0"
 FRONTEND_BINARY = Path("/usr/local/lib/hubfly/dockerfile-frontend")
 # The labels BuildKit's own frontend image carries (frontend/dockerfile/cmd/dockerfile-frontend/Dockerfile).
 FRONTEND_LABELS = {
@@ -93,6 +96,7 @@ REFERENCES = {
     "golang-1.24": ("library/golang", ("1.24-bookworm", f"{GO_1_24_VERSION}-bookworm", "1.24")),
     "bun": ("oven/bun", ("1.2", BUN_VERSION, "1.2-debian")),
     "bun-slim": ("oven/bun", ("1.2-slim", f"{BUN_VERSION}-slim")),
+    "hugo": ("hugomods/hugo", (f"std-{HUGO_VERSION}", f"std-{HUGO_VERSION.rsplit('.', 1)[0]}")),
     "deno": ("denoland/deno", (DENO_VERSION.rsplit(".", 1)[0], DENO_VERSION, "debian", "latest")),
     # Debian's nginx is 1.22; configs/runtimes.json wants 1.28 (see runtimes_for_tests).
     "nginx": ("hubfly-test/nginx", ("1.22-bookworm",)),
@@ -157,6 +161,9 @@ def ensure_base_images(
     if "deno" in images:
         with made("deno"):
             _push_deno(registry_addr, cache_dir, debian_layer)
+    if "hugo" in images:
+        with made("hugo"):
+            _push_hugo(registry_addr, cache_dir, debian_layer)
     if "golang" in images:
         with made("golang"):
             _push_golang(registry_addr, cache_dir, debian_layer)
@@ -658,6 +665,37 @@ def _push_deno(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
     env = {"DENO_DIR": "/deno-dir/", "DENO_INSTALL_ROOT": "/usr/local", "DENO_VERSION": DENO_VERSION,
            "DENO_CERT": "/etc/ssl/certs/ca-certificates.crt"}
     return _push(registry_addr, "deno", _image_config(layers, cmd=["deno", "repl"], env=env), layers)
+
+
+# hugo -----------------------------------------------------------------------------------------
+
+
+def _push_hugo(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    """Debian + Hugo's standard edition at /usr/bin/hugo, compiled here (CGO_ENABLED=0) from
+    github.com/gohugoio/hugo on the Go module proxy with this machine's Go toolchain. The
+    compile takes minutes: the layer is cached like every other. Unlike hugomods' image (Alpine,
+    with git, Go and Node for Hugo modules and PostCSS): Debian, and hugo alone."""
+    module = f"github.com/gohugoio/hugo@v{HUGO_VERSION}"
+    key = _key(module, "CGO_ENABLED=0")
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": tmp, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+            _run(["go", "install", "-trimpath", "-ldflags", "-s -w", module], env=env,
+                 log=cache_dir / "hugo-build.log")
+            for directory in ("usr", "usr/bin"):
+                _add_dir(tar, directory)
+            binary = Path(tmp) / "hugo"
+            info = tar.gettarinfo(str(binary), "usr/bin/hugo")
+            info.mode = 0o755
+            with open(binary, "rb") as data:
+                tar.addfile(_root_owned(info), data)
+
+    layer = _cached_layer(cache_dir, "hugo", key, f"hugo {HUGO_VERSION} (standard edition) in /usr/bin", fill)
+    layers = [debian_layer, layer]
+    env = {"HUGO_VERSION": HUGO_VERSION, "HUGO_CACHEDIR": "/tmp/hugo_cache"}
+    config = _image_config(layers, cmd=["hugo", "version"], env=env, base={"WorkingDir": "/src"})
+    return _push(registry_addr, "hugo", config, layers)
 
 
 # golang ---------------------------------------------------------------------------------------
