@@ -16,7 +16,9 @@ artifacts/corpus.txt.
 """
 
 import json
+import shutil
 import tarfile
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import pytest
 from builds.models import Job
 from tests.conftest import ARTIFACTS, CACHE_DIR, REPO_ROOT, TEST_ROOT, Worker
 from tests.support import containers, registry
-from tests.support.baseimages import ensure_base_images, runtimes_for_tests
+from tests.support.baseimages import ensure_base_images, mirror_repository, runtimes_for_tests
 from tests.support.gitserver import git
 from tests.support.jobs import new_id, wait_final
 from tests.test_zeroconfig import job_log
@@ -252,3 +254,27 @@ def check_app(app: App, repo, api, infra, capsys) -> Job:
         status, body = container.http_get(app.port, "/", timeout=120)
     assert status == 200 and app.body in body, (status, body[:2000])
     return job
+
+
+# (image, Python line, has a compiler): the slim images as upstream's have none; the full ones
+# (the build stage for native dependencies) have gcc and Python's headers.
+PYTHON_IMAGES = (("python", "3.11", False), ("python-full", "3.11", True),
+                 ("python-3.13", "3.13", False), ("python-3.13-full", "3.13", True))
+
+
+def test_python_images_carry_a_compiler_and_headers_only_in_their_full_variant(infra):
+    names = tuple(name for name, _, _ in PYTHON_IMAGES)
+    ensure_base_images(infra["registry"], CACHE_DIR, infra["buildkit"], images=("debian", *names))
+    work = TEST_ROOT / "containers"
+    work.mkdir(exist_ok=True)
+    for name, line, full in PYTHON_IMAGES:
+        repo, tags = mirror_repository(name)
+        bundle = Path(tempfile.mkdtemp(prefix="pyimage-", dir=work))
+        try:
+            with containers.image_rootfs(infra["registry"], repo, tags[0], bundle) as (rootfs, config):
+                assert (rootfs / f"usr/bin/python{line}").exists(), name
+                assert (rootfs / "usr/bin/gcc").exists() == full, f"{name}:{tags[0]} gcc present: {not full}"
+                assert (rootfs / f"usr/include/python{line}/Python.h").is_file() == full, name
+                assert not (rootfs / f"usr/lib/python{line}/EXTERNALLY-MANAGED").exists(), name
+        finally:
+            shutil.rmtree(bundle, ignore_errors=True)

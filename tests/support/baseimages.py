@@ -36,6 +36,8 @@ from tests.support import registry
 # Bump to rebuild every cached layer after a change to a recipe.
 SCRIPT_VERSION = "2"
 DEBIAN_SUITE = "bookworm"
+# The suite the upstream images of newer lines are built on (python:3.13 is trixie upstream).
+TRIXIE = "trixie"
 DEBIAN_PACKAGES = ("ca-certificates",)
 NODE_VERSION = "20.20.2"
 NODE_22_VERSION = "22.23.5"  # configs/runtimes.json's default Node line
@@ -86,12 +88,16 @@ SLIM_FILES = {
 
 REFERENCES = {
     "debian": ("library/debian", ("bookworm-slim", "bookworm")),
+    "debian-trixie": ("library/debian", ("trixie-slim", "trixie")),
     "dockerfile-frontend": ("docker/dockerfile", ("1", "latest")),
     "node": ("library/node", ("20-bookworm-slim", f"{NODE_VERSION}-bookworm-slim", "20")),
     "node-22": ("library/node", ("22-bookworm-slim", f"{NODE_22_VERSION}-bookworm-slim", "22")),
     "python": ("library/python", ("3.11-slim-bookworm", "3.11-slim")),
     # The full image (buildpack-deps): a compiler, Python's headers and common -dev packages.
     "python-full": ("library/python", ("3.11-bookworm", "3.11")),
+    # Debian trixie's Python 3.13, slim and full, under the trixie tags upstream gives them.
+    "python-3.13": ("library/python", ("3.13-slim-trixie", "3.13-slim")),
+    "python-3.13-full": ("library/python", ("3.13-trixie", "3.13")),
     "golang": ("library/golang", ("1.23-bookworm", f"{GO_VERSION}-bookworm", "1.23")),
     "golang-1.24": ("library/golang", ("1.24-bookworm", f"{GO_1_24_VERSION}-bookworm", "1.24")),
     "bun": ("oven/bun", ("1.2", BUN_VERSION, "1.2-debian")),
@@ -112,7 +118,11 @@ REFERENCES = {
     "sbom-scanner": ("docker/buildkit-syft-scanner", ("stable-1",)),
 }
 # Images made by a Dockerfile on BuildKit (apt-get inside a RUN step) rather than packed here.
-BUILT_WITH_BUILDKIT = {"python", "python-full", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
+BUILT_WITH_BUILDKIT = {"python", "python-full", "python-3.13", "python-3.13-full", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
+
+
+# Images built FROM another base than bookworm's.
+BUILT_ON = {"python-3.13": "debian-trixie", "python-3.13-full": "debian-trixie"}
 
 
 class BaseImageError(RuntimeError):
@@ -151,6 +161,10 @@ def ensure_base_images(
         with made("debian"):
             debian_layer = _debian_layer(cache_dir)
             _push(registry_addr, "debian", _image_config([debian_layer], cmd=["bash"]), [debian_layer])
+    if {"debian-trixie", *(name for name, base in BUILT_ON.items() if base == "debian-trixie")} & set(images):
+        with made("debian-trixie"):
+            trixie_layer = _debian_layer(cache_dir, TRIXIE)
+            _push(registry_addr, "debian-trixie", _image_config([trixie_layer], cmd=["bash"]), [trixie_layer])
     if "dockerfile-frontend" in images:
         with made("dockerfile-frontend"):
             _push_frontend(registry_addr, cache_dir)
@@ -389,7 +403,7 @@ def _signed_by_paths(files: dict[str, bytes]) -> set[str]:
     return paths
 
 
-def _debian_mirror(apt_files: dict[str, bytes]) -> str:
+def _debian_mirror(apt_files: dict[str, bytes], suite: str = DEBIAN_SUITE) -> str:
     """The first host source that serves the suite, so debootstrap downloads from where apt does."""
     for name, content in apt_files.items():
         text = content.decode(errors="replace")
@@ -400,14 +414,14 @@ def _debian_mirror(apt_files: dict[str, bytes]) -> str:
                     for line in paragraph.splitlines()
                     if re.match(r"[\w-]+:", line)
                 )
-                if "deb" in fields.get("Types", "").split() and DEBIAN_SUITE in fields.get("Suites", "").split():
+                if "deb" in fields.get("Types", "").split() and suite in fields.get("Suites", "").split():
                     return fields.get("URIs", "").split()[0]
         elif "/sources.list" in name:
             for line in text.splitlines():
                 words = re.sub(r"\[[^\]]*\]", "", line).split()
-                if len(words) >= 3 and words[0] == "deb" and words[2] == DEBIAN_SUITE:
+                if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
                     return words[1]
-    raise BaseImageError(f"no apt source on this machine serves Debian {DEBIAN_SUITE}; debootstrap needs one")
+    raise BaseImageError(f"no apt source on this machine serves Debian {suite}; debootstrap needs one")
 
 
 def _apt_proxy_env() -> dict[str, str]:
@@ -424,22 +438,36 @@ def _apt_proxy_env() -> dict[str, str]:
     return env
 
 
-def _debian_layer(cache_dir: Path) -> dict:
-    apt_files = _host_apt_files()
+def _debian_layer(cache_dir: Path, suite: str = DEBIAN_SUITE) -> dict:
+    apt_files = _suite_apt_files(_host_apt_files(), suite)
     ca_bundle = _host_ca_bundle()
     apt_text = {name: content.decode(errors="replace") for name, content in apt_files.items()}
-    key = _key(DEBIAN_SUITE, DEBIAN_PACKAGES, ca_bundle, apt_text)
+    key = _key(suite, DEBIAN_PACKAGES, ca_bundle, apt_text)
 
     def fill(tar: tarfile.TarFile) -> None:
-        with _debootstrapped(cache_dir, apt_files, ca_bundle) as rootfs:
+        with _debootstrapped(cache_dir, apt_files, ca_bundle, suite) as rootfs:
             _add_tree(tar, rootfs)
 
-    created_by = f"debootstrap --variant=minbase --include={','.join(DEBIAN_PACKAGES)} {DEBIAN_SUITE}"
-    return _cached_layer(cache_dir, "debian", key, created_by, fill)
+    created_by = f"debootstrap --variant=minbase --include={','.join(DEBIAN_PACKAGES)} {suite}"
+    return _cached_layer(cache_dir, "debian" if suite == DEBIAN_SUITE else suite, key, created_by, fill)
+
+
+def _suite_apt_files(apt_files: dict[str, bytes], suite: str) -> dict[str, bytes]:
+    """The host's apt sources (a bookworm machine's) moved to `suite`: the same archives and
+    keyrings, the suite's names (trixie, trixie-updates, trixie-security) in the Suites lines."""
+    if suite == DEBIAN_SUITE:
+        return apt_files
+    moved = {}
+    for name, content in apt_files.items():
+        if "/sources.list" in name:
+            content = re.sub(rb"\b" + DEBIAN_SUITE.encode() + rb"\b", suite.encode(), content)
+        moved[name] = content
+    return moved
 
 
 @contextlib.contextmanager
-def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: bytes) -> Iterator[Path]:
+def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: bytes,
+                    suite: str = DEBIAN_SUITE) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=cache_dir))
     rootfs = work / "rootfs"
     log = cache_dir / "debootstrap.log"
@@ -448,7 +476,7 @@ def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: byt
         argv = [
             "debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
             "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
-            DEBIAN_SUITE, str(rootfs), _debian_mirror(apt_files),
+            suite, str(rootfs), _debian_mirror(apt_files, suite),
         ]  # fmt: skip
         _run(argv, log=log, env=env)
         _configure_rootfs(rootfs, apt_files, ca_bundle, log)
@@ -796,6 +824,14 @@ PYTHON_FULL_DOCKERFILE = PYTHON_DOCKERFILE.replace(
     "      gcc g++ make git pkg-config libc6-dev libpq-dev libffi-dev libssl-dev zlib1g-dev libjpeg-dev",
 ).replace(" && pip --version", " && pip --version \\\n && gcc --version && test -f /usr/include/python3.11/Python.h")
 
+
+
+def _python_on_trixie(dockerfile: str) -> str:
+    """A Python recipe for trixie's Python 3.13 (the same packages; only the version differs)."""
+    return (dockerfile.replace("# Debian's Python 3.11", "# Debian trixie's Python 3.13")
+            .replace("python3.11", "python3.13").replace("(3, 11)", "(3, 13)"))
+
+
 NGINX_DOCKERFILE = """\
 FROM {base}
 # Debian's nginx 1.22 (the official image installs nginx.org's packages); logs go to the
@@ -926,6 +962,8 @@ CMD ["bash"]
 BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
     "python": (PYTHON_DOCKERFILE, {}),
     "python-full": (PYTHON_FULL_DOCKERFILE, {}),
+    "python-3.13": (_python_on_trixie(PYTHON_DOCKERFILE), {}),
+    "python-3.13-full": (_python_on_trixie(PYTHON_FULL_DOCKERFILE), {}),
     "nginx": (NGINX_DOCKERFILE, {}),
     "php-apache": (PHP_APACHE_DOCKERFILE, PHP_EXT_SCRIPTS),
     "composer": (COMPOSER_DOCKERFILE, {}),
@@ -937,7 +975,7 @@ BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
 
 def _push_built(registry_addr: str, cache_dir: Path, buildkit_addr: str, name: str) -> str:
     template, files = BUILT_RECIPES[name]
-    repo, tags = mirror_repository("debian")
+    repo, tags = mirror_repository(BUILT_ON.get(name, "debian"))
     base_digest = registry.manifest_digest(registry_addr, repo, tags[0])
     dockerfile = template.format(base=f"{registry_addr}/{repo}@{base_digest}")
     # The base digest, not the registry address, identifies the input. Layout names must not
