@@ -90,3 +90,12 @@ def test_a_submodule_under_a_dot_directory_is_refused_before_any_fetch(tmp_path)
 ])
 def test_relative_submodule_urls_resolve_against_the_repository_as_git_does(parent, url, resolved):
     assert resolve_submodule_url(parent, url) == resolved
+
+
+def test_next_app_with_static_export_commented_out_runs_its_server(tmp_path):
+    """render-examples/nextjs-hello-world: `// output: "export",` is a comment, so `next start` serves it."""
+    package = {"scripts": {"build": "next build", "start": "next start"}, "dependencies": {"next": "14.0.0"}}
+    built = plan(tmp_path, {"package.json": package, "yarn.lock": "",
+                            "next.config.mjs": 'const nextConfig = {\n  // output: "export",\n  reactStrictMode: true,\n};\n'
+                                               "export default nextConfig;\n"})
+    assert built.framework == "next" and built.run_command is not None and built.expose_port == 3000
