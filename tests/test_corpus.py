@@ -68,7 +68,7 @@ APPS = (
                "the environment: collectstatic fails (ImproperlyConfigured) and so does the build"),
     App("render-examples--create-react-app", port=8080, body='<div id="root"></div>'),
     App("render-examples--sveltekit", port=3000, body="<title>Home</title>"),
-    App("render-examples--nextjs-hello-world", port=3000, body="__next"),
+    App("render-examples--nextjs-hello-world", port=3000, body="__next"),  # `next start`
     App("railwayapp-templates--monorepo-example", working_dir="backend", port=8080, body=""),
     App("railwayapp-templates--monorepo-example", working_dir="frontend", port=8080, body='<div id="root">'),
     App("heroku--java-getting-started", port=8080, body="Getting Started"),
@@ -103,7 +103,11 @@ def corpus_worker(worker, infra):
     path.write_text(json.dumps(runtimes, indent=1))
     ensure_base_images(infra["registry"], CACHE_DIR, infra["buildkit"], images=IMAGES)
     worker.stop()
-    corpus = Worker("corpus", concurrency=1, extra_env={"RUNTIMES_FILE": str(path)})
+    # A cold install of a large dependency tree (create-react-app: yarn, ~1,500 packages) passed the
+    # default 15-minute job timeout on 2 cores shared with other test sessions: the operator's
+    # default is raised, the apps' buildConfig stays `isAutoBuild` alone.
+    corpus = Worker("corpus", concurrency=1,
+                    extra_env={"RUNTIMES_FILE": str(path), "DEFAULT_TIMEOUT_SECONDS": "2400"})
     try:
         yield corpus
     finally:
