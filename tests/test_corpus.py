@@ -1,7 +1,7 @@
 """Zero-config builds of real starter apps (issue 13): apps nobody here wrote, as platforms
 publish them for their users (tests/corpus/README.md says where each comes from; each archive
 holds its licence). Each is unpacked, committed into a repository of the test git server and
-built with nothing but `{"isAutoBuild": true}` (the monorepo's apps with `workingDir`); the
+built with nothing but `{"isAutoBuild": true}` (the monorepo's apps with sourceInfo.workingDir); the
 image is run under runc and must answer HTTP on its port as a non-root user.
 
 An app that cannot build on this machine for a reason outside the product is listed with that
@@ -138,10 +138,10 @@ def unpacked(git_server, archive: str):
 
 def submit(api, repo, app: App) -> Job:
     job_id = new_id("corpus")
-    build_config = {"isAutoBuild": True, **({"workingDir": app.working_dir} if app.working_dir else {})}
+    source_info = {"gitRepository": repo.url, **({"workingDir": app.working_dir} if app.working_dir else {})}
     response = api.post("/api/v1/jobs", {
         "id": job_id, "projectId": f"corpus-{app.id}", "userId": USER_ID, "sourceType": "git",
-        "sourceInfo": {"gitRepository": repo.url}, "buildConfig": build_config,
+        "sourceInfo": source_info, "buildConfig": {"isAutoBuild": True},
     }, format="json")
     assert response.status_code == 201, response.content
     return wait_final(job_id, timeout=1500)
