@@ -260,7 +260,7 @@ def test_a_lockfile_out_of_date_installs_unlocked_with_a_warning_unless_strict(a
 
 @SLOW
 def test_flask_app_with_requirements_runs_under_gunicorn(api, zc_worker, git_server, infra):
-    base_images(infra, "python")
+    base_images(infra, "python", "python-full")
     repo = committed(git_server, "flask", app_files("python-flask"))
     built = build(api, infra, repo, project="zc-flask", isAutoBuild=True)
 
@@ -276,7 +276,7 @@ def test_flask_app_with_requirements_runs_under_gunicorn(api, zc_worker, git_ser
 
 @SLOW
 def test_fastapi_app_declared_in_pyproject_runs_under_uvicorn(api, zc_worker, git_server, infra):
-    base_images(infra, "python")
+    base_images(infra, "python", "python-full")
     repo = committed(git_server, "pyproject", app_files("python-pyproject"))
     built = build(api, infra, repo, project="zc-pyproject", isAutoBuild=True)
 
