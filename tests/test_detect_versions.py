@@ -109,6 +109,15 @@ def test_the_procfile_starts_an_app_detection_has_no_start_command_for(tmp_path)
     assert p.run_command == "python -m lib.web"
 
 
+def test_a_java_app_runs_its_own_jar_not_the_procfiles_build_path(tmp_path):
+    """Heroku's Java template: its Procfile names target/<name>.jar, which the run stage does
+    not have (the jar is /app/app.jar there)."""
+    p = plan(tmp_path, {"pom.xml": "<project><artifactId>demo</artifactId></project>",
+                        "Procfile": "web: java -jar target/demo-1.0.0-SNAPSHOT.jar\n"})
+    assert p.runtime == "java" and p.run_command == "java -jar app.jar"
+    assert any("Procfile" in w and "not used" in w for w in p.warnings), p.warnings
+
+
 def test_a_run_command_wins_over_the_procfile(tmp_path):
     p = plan(tmp_path, {**PYTHON_APP, "Procfile": "web: gunicorn app:app\n"},
              {"runCommand": "python app.py"})

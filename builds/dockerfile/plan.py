@@ -127,7 +127,7 @@ def plan_build(app_dir: Path, build_config: dict, *, repo_root: Path,
     runtime, det = _choose(files, config, runtimes)
     # The frozen installs detection wrote (before the request's commands replace any).
     frozen = lockfile.fallbacks([det.install, det.build], lambda n: files.is_file(n) or files.at_root().is_file(n))
-    config = _with_procfile(files, config, det, allowlist)
+    config = _with_procfile(files, config, det, allowlist, runtime.name)
     det = _apply_overrides(det, config, runtime.name)
     if det.fatal and "run" not in config.commands:
         raise UserError(det.fatal, code=errors.NOTHING_TO_BUILD)
@@ -245,13 +245,24 @@ def procfile_web(files: RepoFiles) -> str | None:
     return None
 
 
-def _with_procfile(files: RepoFiles, config: _Config, det: Detection, allowlist: Allowlist) -> _Config:
+# Runtimes whose run stage holds the app's own tree, where a Procfile's paths and commands mean
+# what they meant on Heroku. The others run what their build made, laid out anew (a Java app's
+# target/x.jar is /app/app.jar), or serve it with the image's own server (PHP, static sites).
+PROCFILE_RUNTIMES = ("node", "bun", "deno", "python", "ruby")
+
+
+def _with_procfile(files: RepoFiles, config: _Config, det: Detection, allowlist: Allowlist,
+                   runtime: str) -> _Config:
     """A Procfile's web process is the start command when the request gives none. One the
     allowlist refuses is only a warning while detection found a start command of its own."""
     if "run" in config.commands or not config.auto:
         return config
     web = procfile_web(files)
     if web is None:
+        return config
+    if runtime not in PROCFILE_RUNTIMES and (det.run or det.static_dir is not None):
+        det.warnings.append(f"the Procfile's web process ({web!r}) is not used: the generated {runtime} image "
+                            f"starts with {det.run or 'its own web server'!r}; set runCommand to start it otherwise")
         return config
     field = "the Procfile's web process"
     if det.run:
