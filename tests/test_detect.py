@@ -495,6 +495,14 @@ def test_laravel_with_a_vite_package_json_is_php_and_builds(tmp_path):
     assert "s!/var/www/html!/app/public!g" in p.dockerfile
 
 
+@pytest.mark.parametrize("entry, docroot", [("public/index.php", "public"), ("web/index.php", "web")])
+def test_a_slim_app_is_served_from_the_directory_of_its_index_php(tmp_path, entry, docroot):
+    """Heroku's PHP template is a Slim app whose front controller is web/index.php."""
+    p = plan(tmp_path, {"composer.json": {"require": {"php": "^8.1", "slim/slim": "^4.0"}}, entry: "<?php"})
+    assert (p.runtime, p.framework) == ("php", "slim")
+    assert f"s!/var/www/html!/app/{docroot}!g" in p.dockerfile
+
+
 def test_plain_index_php_is_a_php_site(tmp_path):
     p = plan(tmp_path, {"index.php": "<?php echo 'hi';"})
     assert (p.runtime, p.install_command, p.run_command) == ("php", None, "apache2-foreground")
