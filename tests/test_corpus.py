@@ -75,7 +75,10 @@ APPS = (
         error_code="EGRESS_REFUSED", names=("gcr.io/distroless/static",)),
     App("railwayapp-templates--monorepo-example", working_dir="frontend", port=8080, body='<div id="root">'),
     App("heroku--java-getting-started", port=8080, body="Getting Started"),
-    App("heroku--php-getting-started", port=8080, body="Getting Started"),  # PHP ^8.1: the default line 8.2
+    App("heroku--php-getting-started",  # PHP ^8.1: the default line 8.2
+        outside="composer downloads its packages' archives from GitHub (api.github.com), which this machine "
+                "cannot reach",
+        error_code="BUILD_STEP_FAILED", names=("composer install", "api.github.com")),
     App("heroku--python-getting-started",
         outside="Python 3.14 (its .python-version) is shipped by no package registry reachable here, so "
                 "its images cannot be made",
