@@ -42,5 +42,5 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     if recipe.build:
         df.run(recipe.build)
     webserver.server_stage(df, recipe.static_image, recipe.port, from_stage="build", source="/site/public/",
-                        spa=False)
+                              spa=False)
     return df.text()
