@@ -58,6 +58,9 @@ class Job(models.Model):
     progress = models.JSONField(null=True, blank=True)
     # What the last attempt learnt (builds.services.pipeline): {image, steps, phases}.
     report = models.JSONField(null=True, blank=True)
+    # What the build went on despite (a lockfile out of date, a detection caveat): a list of
+    # one-line strings, null for jobs that predate the column.
+    warnings = models.JSONField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -9,7 +9,7 @@ from builds.services import logs, queue
 # The fields of a job the outcome webhook posts, in the API's order.
 CALLBACK_FIELDS = (
     "id", "projectId", "userId", "status", "imageTag", "imageDigest", "commitSha", "retryCount",
-    "errorCode", "error", "failure", "logPath", "startedAt", "finishedAt", "durationSeconds",
+    "errorCode", "error", "failure", "warnings", "logPath", "startedAt", "finishedAt", "durationSeconds",
     "image", "steps", "cache", "queuedSeconds", "fetchSeconds", "buildSeconds", "pushSeconds",
 )
 
@@ -79,6 +79,7 @@ def job_json(job: Job, places: dict | None = None, *, placed: bool = True) -> di
         "errorCode": job.error_code or None,
         "error": job.error or None,
         "failure": errors.failure(status=job.status, code=job.error_code, step=job.failure_step),
+        "warnings": job.warnings or [],
         "logPath": f"/api/v1/jobs/{job.id}/logs",
         "callbackUrl": job.callback_url or None,
         "progress": job.progress,

@@ -41,6 +41,7 @@ def test_create_returns_201_with_a_pending_job(api):
     assert job["logPath"] == "/api/v1/jobs/job-1/logs"
     assert job["startedAt"] is None and job["imageTag"] is None and job["retryCount"] == 0
     assert job["createdAt"].endswith("Z")
+    assert job["warnings"] == []
 
 
 def test_same_request_again_returns_the_existing_job(api):
@@ -115,6 +116,7 @@ BAD_REQUESTS = {
     "env value not a string": body(buildConfig={"env": {"A": 1}}),
     "secret not in env": body(buildConfig={"env": {"A": "1"}, "secrets": ["B"]}),
     "isAutoBuild as string": body(buildConfig={"isAutoBuild": "yes"}),
+    "strictLockfile as string": body(buildConfig={"strictLockfile": "true"}),
     "port out of range": body(buildConfig={"exposePort": 70000}),
     "dockerfile path escaping": body(buildConfig={"dockerfilePath": "../Dockerfile"}),
     "buildConfig not an object": body(buildConfig="fast"),
@@ -173,6 +175,12 @@ def test_seed_readme_example_is_accepted(api):
     assert response.status_code == 201, response.content
     config = response.json()["buildConfig"]
     assert config["version"] == "18" and config["installCommand"] == "npm install"
+
+
+def test_strict_lockfile_is_kept_as_submitted(api):
+    response = api.post("/api/v1/jobs", body(buildConfig={"isAutoBuild": True, "strictLockfile": True}), format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["buildConfig"]["strictLockfile"] is True
 
 
 def test_unknown_job_is_404(api):

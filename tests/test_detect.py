@@ -43,7 +43,7 @@ def refusal(root, files: dict | None = None, config: dict | None = None, app: st
 def test_node_server_with_lockfile_installs_with_npm_ci(tmp_path):
     p = plan(tmp_path, {"package.json": {"scripts": {"build": "webpack", "start": "node dist/server.js"}},
                         "package-lock.json": "{}"})
-    assert (p.runtime, p.package_manager, p.version) == ("node", "npm", "22")
+    assert (p.runtime, p.package_manager, p.version) == ("node", "npm", "26")
     assert (p.install_command, p.build_command, p.run_command) == ("npm ci", "npm run build", "npm start")
     assert p.expose_port == 3000
 
@@ -124,7 +124,7 @@ def test_vite_app_with_a_real_server_start_script_runs_the_server(tmp_path):
                         "index.html": "", "server.js": "app.listen(process.env.PORT || 5000)"})
     assert (p.runtime, p.run_command, p.build_command) == ("node", "npm start", "npm run build")
     assert p.expose_port == 5000
-    assert p.base_image == "node:22-bookworm-slim"
+    assert p.base_image == "node:26-bookworm-slim"
 
 
 def test_astro_app_with_a_server_start_script_runs_the_server(tmp_path):
@@ -181,7 +181,7 @@ def test_pnpm_workspace_app_builds_from_the_repository_root(tmp_path):
     assert p.context_dir == "."
     assert p.install_command == "pnpm install --frozen-lockfile"
     assert p.build_command == "pnpm run build"
-    assert "RUN mkdir -p /opt/corepack && corepack enable" in p.dockerfile
+    assert "npm install -g --prefix /opt/pm pnpm@9.0.0" in p.dockerfile
     assert "WORKDIR /app/apps/web" in p.dockerfile
     assert "COPY --from=build /app/apps/web/dist/ /srv/www/" in p.dockerfile
 
@@ -205,10 +205,10 @@ def test_bun_lockb_is_a_bun_project(tmp_path):
     """Facts 13.22: the Go original only knew bun.lock."""
     p = plan(tmp_path, {"package.json": {"scripts": {"start": "bun run server.ts"}}, "bun.lockb": b"\x00bun",
                         "server.ts": ""})
-    assert (p.runtime, p.package_manager, p.version) == ("bun", "bun", "1.2")
+    assert (p.runtime, p.package_manager, p.version) == ("bun", "bun", "1.4")
     assert p.install_command == "bun install --frozen-lockfile"
     assert p.run_command == "bun run start"
-    assert p.base_image == "oven/bun:1.2-slim"
+    assert p.base_image == "oven/bun:1.4-slim"
 
 
 def test_a_node_app_with_a_requirements_txt_is_still_node(tmp_path):
@@ -249,7 +249,7 @@ def test_sveltekit_adapter_static_is_served_as_files(tmp_path):
     ({".nvmrc": "lts/iron\n"}, "20"),
     ({".node-version": "24"}, "24"),
     ({".tool-versions": "python 3.12.1\nnodejs 20.10.0\n"}, "20"),
-    ({}, "22"),
+    ({}, "26"),
 ])
 def test_node_version_comes_from_version_files(tmp_path, files, version):
     p = plan(tmp_path, {"package.json": {"scripts": {"start": "node a.js"}}, **files})
@@ -257,7 +257,7 @@ def test_node_version_comes_from_version_files(tmp_path, files, version):
     assert f"FROM node:{version}-bookworm-slim AS build" in p.dockerfile
 
 
-@pytest.mark.parametrize("engines, version", [(">=18", "22"), ("^20.1.0", "20"), ("18.x || 20.x", "20"),
+@pytest.mark.parametrize("engines, version", [(">=18", "26"), ("^20.1.0", "20"), ("18.x || 20.x", "20"),
                                               (">=18 <21", "20"), ("~24.0.0", "24")])
 def test_node_engines_range_picks_the_default_or_the_newest_that_fits(tmp_path, engines, version):
     p = plan(tmp_path, {"package.json": {"engines": {"node": engines}, "scripts": {"start": "node a.js"}}})
@@ -359,7 +359,7 @@ def test_poetry_project_installs_with_poetry(tmp_path):
                         "poetry.lock": "", "app.py": "from flask import Flask\napp = Flask(__name__)\n"})
     assert p.package_manager == "poetry"
     assert p.install_command == "pip install poetry && poetry install --only main --no-interaction --no-root"
-    assert p.version == "3.12"
+    assert p.version == "3.14"
 
 
 def test_uv_project_installs_with_uv(tmp_path):
@@ -400,12 +400,13 @@ def test_bare_wsgi_and_asgi_modules_are_served(tmp_path):
     ({"runtime.txt": "python-3.10.12"}, "3.10"),
     ({"pyproject.toml": '[project]\nname="x"\nrequires-python = ">=3.9,<3.12"\n'}, "3.11"),
     ({"pyproject.toml": '[project]\nname="x"\nrequires-python = "~=3.13.0"\n'}, "3.13"),
-    ({}, "3.12"),
+    ({}, "3.14"),
 ])
 def test_python_version_comes_from_version_files(tmp_path, files, version):
     p = plan(tmp_path, {"requirements.txt": "", "main.py": "", **files})
     assert p.version == version
-    assert f"FROM python:{version}-slim-bookworm AS build" in p.dockerfile
+    assert f"FROM python:{version}-bookworm AS build" in p.dockerfile
+    assert f"FROM python:{version}-slim-bookworm\n" in p.dockerfile
 
 
 def test_a_python_app_with_no_entry_point_is_refused(tmp_path):
@@ -417,7 +418,7 @@ def test_a_python_app_with_no_entry_point_is_refused(tmp_path):
 
 def test_go_module_with_a_root_main_package(tmp_path):
     p = plan(tmp_path, {"go.mod": "module example.com/app\n\ngo 1.22\n", "main.go": "package main\n\nfunc main() {}\n"})
-    assert (p.runtime, p.version) == ("go", "1.24")
+    assert (p.runtime, p.version) == ("go", "1.27")
     assert (p.install_command, p.build_command, p.run_command) == ("go mod download", "go build -o app .", "./app")
     assert p.expose_port == 8080
 
@@ -433,7 +434,7 @@ def test_go_main_package_is_found_in_subdirectories(tmp_path, path, package):
 def test_gin_is_recognised(tmp_path):
     p = plan(tmp_path, {"go.mod": "module x\n\ngo 1.23\n\nrequire github.com/gin-gonic/gin v1.9.1\n", "go.sum": "",
                         "main.go": "package main\nfunc main() {}\n"})
-    assert (p.framework, p.version) == ("gin", "1.24")
+    assert (p.framework, p.version) == ("gin", "1.27")
 
 
 def test_a_go_module_needing_a_newer_go_than_configured_is_refused(tmp_path):
@@ -492,6 +493,14 @@ def test_laravel_with_a_vite_package_json_is_php_and_builds(tmp_path):
     assert (p.runtime, p.framework, p.run_command) == ("php", "laravel", "apache2-foreground")
     assert "docker-php-ext-install -j$(nproc) intl opcache" in p.dockerfile
     assert "s!/var/www/html!/app/public!g" in p.dockerfile
+
+
+@pytest.mark.parametrize("entry, docroot", [("public/index.php", "public"), ("web/index.php", "web")])
+def test_a_slim_app_is_served_from_the_directory_of_its_index_php(tmp_path, entry, docroot):
+    """Heroku's PHP template is a Slim app whose front controller is web/index.php."""
+    p = plan(tmp_path, {"composer.json": {"require": {"php": "^8.1", "slim/slim": "^4.0"}}, entry: "<?php"})
+    assert (p.runtime, p.framework) == ("php", "slim")
+    assert f"s!/var/www/html!/app/{docroot}!g" in p.dockerfile
 
 
 def test_plain_index_php_is_a_php_site(tmp_path):
@@ -623,7 +632,7 @@ def test_a_working_dir_symlinked_out_of_the_checkout_is_refused(tmp_path):
 
 def test_a_file_over_one_mebibyte_is_ignored_with_a_warning(tmp_path):
     p = plan(tmp_path, {"package.json": {"scripts": {"start": "node a.js"}}, ".nvmrc": "20\n" + "#" * (1024 * 1024)})
-    assert p.version == "22"
+    assert p.version == "26"
     assert any(".nvmrc is larger than 1 MiB" in w for w in p.warnings)
 
 

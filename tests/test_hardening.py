@@ -133,6 +133,7 @@ def test_submodule_pointing_at_a_local_path_is_never_fetched(api, worker, git_se
     git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "add submodule", cwd=repo.work)
     git("push", "-q", str(repo.bare), "main:main", cwd=repo.work)
     job = wait_final(submit(api, repo.url, env={"NONCE": new_id()}))
-    assert job.status == "success", job.error
-    text = log_text(api, job.id)
-    assert "TOP-SECRET-CONTENT" not in text and ".gitmodules" in text
+    # Submodules are fetched under the source rules (issue 13): a file:// one fails the job.
+    assert job.status == "failed" and job.error_code == "SOURCE_REFUSED", (job.error_code, job.error)
+    assert "submodule 'sub'" in job.error
+    assert "TOP-SECRET-CONTENT" not in log_text(api, job.id)

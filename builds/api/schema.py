@@ -81,6 +81,8 @@ class BuildConfigOutput(serializers.Serializer):
     buildContextDir = serializers.CharField(required=False)
     network = serializers.ChoiceField(choices=["bridge", "none"], required=False,
                                       help_text="none: RUN steps get no network and ADD <url> is refused")
+    strictLockfile = serializers.BooleanField(required=False, help_text="true: a lockfile out of date with its "
+                                              "manifest fails the build instead of a warning")
     priority = serializers.ChoiceField(choices=list(PRIORITIES), required=False,
                                        help_text="the order of a tenant's waiting jobs (default normal)")
     supersede = serializers.JSONField(required=False, help_text='true or "running": cancels older jobs of the '
@@ -148,6 +150,8 @@ class JobOutput(serializers.Serializer):
     errorCode = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_null=True)
     failure = FailureOutput(allow_null=True, help_text="why a failed or canceled job ended so (null otherwise)")
+    warnings = serializers.ListField(child=serializers.CharField(),
+                                     help_text="what the build went on despite (e.g. a lockfile out of date)")
     logPath = serializers.CharField(help_text="the API path of the job's log")
     callbackUrl = serializers.CharField(allow_null=True, help_text="where the outcome is posted instead of "
                                         "CALLBACK_URL, when the request named one")

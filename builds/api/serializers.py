@@ -172,6 +172,9 @@ class BuildConfigInput(serializers.Serializer):
     buildContextDir = StrictString(required=False, allow_blank=True, max_length=1024)
     # "none": RUN steps get no network at all and ADD <url> is refused (a hermetic build).
     network = StrictString(required=False, allow_blank=True, max_length=16)
+    # true: a lockfile out of date with its manifest fails the build (the default installs
+    # without it and records a warning).
+    strictLockfile = StrictBoolean(required=False)
 
     # The fair queue's order within a tenant (builds.services.queue).
     priority = StrictString(required=False, allow_blank=True, max_length=16)

@@ -4,6 +4,7 @@ certificates and a non-root user)."""
 
 import re
 
+from builds.dockerfile import versions
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import ENTRY_POINT, PROJECT, Detection, Recipe
 from builds.dockerfile.writer import Cache, Dockerfile
@@ -24,9 +25,15 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
         return None
     gomod = files.read_text("go.mod") or ""
     det = Detection("go", PROJECT, package_manager="go")
-    version = re.search(r"^go\s+(\d+(?:\.\d+){1,2})\s*$", gomod, re.M)
-    if version:
+    version = re.search(r"^go\s+(\d+(?:\.\d+){1,2})\s*(?://.*)?$", gomod, re.M)
+    toolchain = re.search(r"^toolchain\s+go(\d+(?:\.\d+){1,2})\s*(?://.*)?$", gomod, re.M)
+    tool = versions.tool_versions(files.read_text(".tool-versions"), ("golang", "go"))
+    if toolchain:  # the toolchain go.mod asks for, at least its go line
+        det.version_request, det.version_source = f">={toolchain.group(1)}", "go.mod toolchain"
+    elif version:
         det.version_request, det.version_source = f">={version.group(1)}", "go.mod"
+    elif tool:
+        det.version_request, det.version_source = tool, ".tool-versions"
     det.framework = next((name for module, name in FRAMEWORKS if module in gomod), None)
     det.hints["cgo"] = any(module in gomod for module in CGO_MODULES)
     vendored = files.is_file("vendor/modules.txt")

@@ -80,6 +80,7 @@ def static_output(files: RepoFiles, deps: set[str], scripts: dict[str, str], det
     build_body = scripts.get("build", "")
     if fw == "next":
         config = _first_text(files, "next.config.js", "next.config.mjs", "next.config.ts")
+        config = re.sub(r"/\*.*?\*/|//[^\n]*", "", config, flags=re.S)  # a commented-out `output: "export"` is off
         return "out" if re.search(r"output\s*:\s*['\"]export['\"]", config) else None
     if fw == "nuxt":
         if "generate" in build_body or (det.build == "generate" and not serves_itself):

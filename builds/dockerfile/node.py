@@ -3,7 +3,8 @@ Dockerfiles for servers and for front ends served as static files.
 
 Decisions that differ from the Go original on purpose (its detection defects):
 - bun.lockb is Bun, like bun.lock.
-- Installs use the lockfile strictly (npm ci, --frozen-lockfile, --immutable).
+- Installs use the lockfile (npm ci, --frozen-lockfile, --immutable); one out of date with
+  package.json falls back to a plain install with a warning (builds.dockerfile.lockfile).
 - A Vite/Vue/Solid/CRA front end with a real production start script (node server.js, ...)
   runs that server; only without one is it built and served as static files.
 - SvelteKit's default adapter-auto is built with adapter-node (adapter-auto picks it when
@@ -12,7 +13,7 @@ Decisions that differ from the Go original on purpose (its detection defects):
 
 import re
 
-from builds.dockerfile import jsframeworks, webserver
+from builds.dockerfile import jsframeworks, native, versions, webserver
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import ENTRY_POINT, MARKER, PROJECT, Detection, Recipe, safe_relative_path
 from builds.dockerfile.writer import Cache, Dockerfile
@@ -33,6 +34,13 @@ ENTRY_FILES = (
     "dist/server.js", "dist/index.js", "dist/main.js", "build/server.js", "build/index.js",
 )
 BUN_ENTRY_FILES = ("server.ts", "index.ts", "src/index.ts", "app.ts", "server.js", "index.js", "app.js")
+# Addons compiled by node-gyp when no prebuilt binary fits (or cannot be downloaded): the build
+# stage then needs python3, make and a C++ compiler, which the slim node images lack.
+NATIVE_MODULES = (
+    "argon2", "bcrypt", "better-sqlite3", "bufferutil", "canvas", "cpu-features", "farmhash", "isolated-vm",
+    "kerberos", "leveldown", "libxmljs", "libxmljs2", "microtime", "node-pty", "node-sass", "pg-native",
+    "re2", "serialport", "@serialport/bindings-cpp", "sqlite3", "usb", "utf-8-validate", "zeromq",
+)
 NODE_CODENAMES = {
     "argon": "4", "boron": "6", "carbon": "8", "dubnium": "10", "erbium": "12", "fermium": "14",
     "gallium": "16", "hydrogen": "18", "iron": "20", "jod": "22", "krypton": "24",
@@ -57,12 +65,14 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     root = files.at_root()
     workspace = bool(files.subdir) and _is_workspace_root(root)
     pm, lockfile = package_manager(files, pkg, root if workspace else None)
+    tool = _tool_pin(pkg, files, root if workspace else None, pm)
     runtime = runtime or ("bun" if pm == "bun" else "node")
     if runtime == "node" and pm == "bun":  # asked for Node: npm cannot read bun's lockfile
         pm, lockfile = "npm", None
     elif runtime == "bun" and pm != "bun":  # asked for Bun: its images have no npm
         pm, lockfile = "bun", files.any_file("bun.lock", "bun.lockb")
     det = Detection(runtime, PROJECT, package_manager=pm)
+    det.hints.update(tool)
     scripts = {k: v for k, v in (pkg.get("scripts") or {}).items() if isinstance(k, str) and isinstance(v, str)} \
         if isinstance(pkg.get("scripts"), dict) else {}
     deps = _dependencies(pkg)
@@ -75,6 +85,8 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
         scripts=scripts,
         dev_dependencies=sorted((pkg.get("devDependencies") or {}) if isinstance(pkg.get("devDependencies"), dict) else {}),
     )
+    lock_text = (root if workspace else files).read_text(lockfile) if lockfile else None
+    det.hints["native_modules"] = native_modules(deps, lock_text)
     if "@prisma/client" in deps and files.is_file("prisma/schema.prisma"):
         det.hints["setup"] = ["bunx prisma generate" if pm == "bun" else "npx prisma generate"]
 
@@ -131,6 +143,60 @@ def package_manager(files: RepoFiles, pkg: dict, workspace_root: RepoFiles | Non
     return name, lockfile
 
 
+def native_modules(deps: set[str], lock_text: str | None) -> list[str]:
+    """The known node-gyp addons among the dependencies, direct or (by the lockfile) indirect."""
+    found = set(deps) & set(NATIVE_MODULES)
+    if lock_text:
+        for name in NATIVE_MODULES:
+            # npm: "node_modules/name"; yarn, pnpm, bun: name@version or "name@...
+            if re.search(rf"node_modules/{re.escape(name)}\"|(?:^|[\s\"'/]){re.escape(name)}@", lock_text, re.M):
+                found.add(name)
+    return sorted(found)
+
+
+def _tool_pin(pkg: dict, files: RepoFiles, workspace_root: RepoFiles | None, pm: str) -> dict:
+    """How the project pins its package manager: the `packageManager` version (the version
+    only, without a +sha suffix) and, for yarn 2+, whether .yarnrc.yml's yarnPath names a
+    committed release (which any yarn, even 1.x, hands the work to)."""
+    source = workspace_root or files
+    declared = pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else ""
+    if workspace_root is not None:
+        root_pkg = workspace_root.read_json("package.json") or {}
+        if isinstance(root_pkg.get("packageManager"), str):
+            declared = root_pkg["packageManager"]
+    name, _, version = declared.partition("@")
+    version = version.split("+")[0].strip()
+    tool = {"tool_version": version if name.strip().lower() == pm.removesuffix("-berry")
+            and re.fullmatch(r"\d+(?:\.\d+){0,2}(?:-[0-9A-Za-z.]+)?", version) else None}
+    if pm == "yarn-berry":
+        match = re.search(r"^yarnPath:\s*['\"]?([^'\"\s#]+)", source.read_text(".yarnrc.yml") or "", re.M)
+        tool["yarn_path"] = bool(match and source.is_file(match.group(1)))
+    if pm == "pnpm" and not tool["tool_version"]:
+        lock = re.search(r"^lockfileVersion:\s*['\"]?(\d+)", source.read_text("pnpm-lock.yaml") or "", re.M)
+        tool["tool_version"] = {"5": "7", "6": "8"}.get(lock.group(1) if lock else "", "10")
+    return tool
+
+
+def tool_setup(pm: str, hints: dict) -> str | None:
+    """The shell step that provides the package manager in the build stage, or None for npm and
+    bun (in their images). Pinned tools come from the npm registry into /opt/pm (npm checks
+    their integrity; no corepack download, whose signature check can fail); a tool the image
+    already has at the wanted version is used as it is."""
+    version = hints.get("tool_version")
+    install = "npm install -g --prefix /opt/pm"
+    if pm == "yarn" or (pm == "yarn-berry" and hints.get("yarn_path")):
+        # Classic yarn ships in the node images; yarn 1.22 runs a committed yarnPath release.
+        spec = f"yarn@{version}" if pm == "yarn" and version else "yarn@1"
+        return f"mkdir -p /opt/pm && {{ command -v yarn >/dev/null || {install} {spec}; }}"
+    if pm == "yarn-berry":
+        return f"mkdir -p /opt/pm && {install} @yarnpkg/cli-dist@{version or '4'}"
+    if pm == "pnpm":
+        check = (f"[ \"$(pnpm --version 2>/dev/null)\" = {version} ]" if version and version.count(".") == 2
+                 else "command -v pnpm >/dev/null")
+        return f"mkdir -p /opt/pm && {{ {check} || {install} pnpm@{version or '10'}; }}"
+    return None
+
+
 def install_command(pm: str, lockfile: str | None) -> str:
     if pm == "npm":
         return "npm ci" if lockfile else "npm install"
@@ -153,9 +219,9 @@ def run_script(pm: str, script: str) -> str:
 def node_version(files: RepoFiles, pkg: dict) -> tuple[str | None, str | None]:
     for view in (files, files.at_root()) if files.subdir else (files,):
         for name in (".nvmrc", ".node-version"):
-            text = (view.read_text(name) or "").strip().splitlines()
-            if text and text[0].strip():
-                return _node_alias(text[0].strip()), name
+            text = versions.version_file_line(view.read_text(name))
+            if text:
+                return _node_alias(text), name
         tool = _tool_version(view, ("nodejs", "node"))
         if tool:
             return tool, ".tool-versions"
@@ -169,12 +235,15 @@ def node_version(files: RepoFiles, pkg: dict) -> tuple[str | None, str | None]:
 
 
 def bun_version(files: RepoFiles, pkg: dict) -> tuple[str | None, str | None]:
-    text = (files.read_text(".bun-version") or "").strip()
+    text = versions.version_file_line(files.read_text(".bun-version"))
     if text:
-        return text.splitlines()[0].strip(), ".bun-version"
+        return text.removeprefix("bun-v"), ".bun-version"
     tool = _tool_version(files, ("bun",))
     if tool:
         return tool, ".tool-versions"
+    declared = pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else ""
+    if declared.startswith("bun@"):
+        return declared[4:].split("+")[0].strip(), "package.json packageManager"
     engines = pkg.get("engines") if isinstance(pkg.get("engines"), dict) else {}
     if isinstance(engines.get("bun"), str) and engines["bun"].strip():
         return engines["bun"].strip(), "package.json engines.bun"
@@ -189,11 +258,7 @@ def _node_alias(text: str) -> str:
 
 
 def _tool_version(files: RepoFiles, names: tuple[str, ...]) -> str | None:
-    for line in (files.read_text(".tool-versions") or "").splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] in names:
-            return fields[1]
-    return None
+    return versions.tool_versions(files.read_text(".tool-versions"), names)
 
 
 def _dependencies(pkg: dict) -> set[str]:
@@ -283,13 +348,15 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     caches = _CACHES.get(pm, ())
     workdir = "/app" + (f"/{recipe.app_subdir}" if recipe.app_subdir else "")
 
-    df = Dockerfile().stage(recipe.images["build"], "build")
+    df = Dockerfile(tolerant=recipe.hints.get("lock_fallback", ())).stage(recipe.images["build"], "build")
     df.workdir("/app")
-    if pm in ("pnpm", "yarn-berry", "yarn"):
-        # pnpm and yarn 2+ come from corepack; yarn 1 is usually in the image already.
-        df.env(COREPACK_HOME="/opt/corepack", COREPACK_ENABLE_DOWNLOAD_PROMPT="0")
-        df.run("mkdir -p /opt/corepack && "
-               + ("{ command -v yarn >/dev/null || corepack enable; }" if pm == "yarn" else "corepack enable"))
+    setup = tool_setup(pm, hints)
+    if setup:
+        df.env(PATH="/opt/pm/bin:$PATH")
+        df.run(setup, _CACHES["npm"])
+    compiled = bool(hints.get("native_modules"))
+    if compiled:
+        df.run(native.apt_install_missing(("g++", "make", "python3")))
     if recipe.install and hints.get("cacheable_install", True) and _installs_only_dependencies(recipe.install):
         _copy_dependency_files(df, files)
         df.run(recipe.install, caches)
@@ -317,13 +384,20 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     if recipe.install and pm in _PRUNE and not hints.get("workspace") and _can_prune(recipe.run or "", hints):
         df.run(_PRUNE[pm], caches)
 
+    if compiled:
+        native.record_libraries(df, "/app", "*.node")
+
     df.stage(recipe.images["run"])
+    if compiled:
+        native.install_libraries(df)
     df.create_user()
     if (recipe.run or "").split(" ")[0] in ("pnpm", "yarn"):
-        df.env(COREPACK_HOME="/opt/corepack", COREPACK_ENABLE_DOWNLOAD_PROMPT="0")
-        if pm in ("pnpm", "yarn-berry", "yarn"):  # the tool the build stage downloaded, offline
-            df.copy("/opt/corepack", "/opt/corepack", from_stage="build", chown=True)
-        df.run("corepack enable")
+        if setup:  # the tool the build stage installed (or an empty /opt/pm: the image's own)
+            df.copy("/opt/pm", "/opt/pm", from_stage="build")
+            df.env(PATH="/opt/pm/bin:$PATH")
+        else:  # asked to start with a package manager the project does not use
+            tool = recipe.run.split(" ")[0]
+            df.run(f"command -v {tool} >/dev/null || npm install -g {tool}@{'10' if tool == 'pnpm' else '1'}")
     df.env(NODE_ENV="production", HOST="0.0.0.0", PORT=recipe.port)
     # Copied before WORKDIR: a directory WORKDIR made stays root's even under COPY --chown,
     # and the app may write beside its files (caches, uploads, Vite's config bundle).

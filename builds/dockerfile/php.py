@@ -57,7 +57,8 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     elif files.is_file("bin/console") or "symfony/framework-bundle" in require:
         det.framework, docroot = "symfony", "public"
     elif "slim/slim" in require:
-        det.framework, docroot = "slim", "public"
+        # Slim has no fixed layout: public/ by its skeleton, web/ in Heroku's template.
+        det.framework, docroot = "slim", entry.rpartition("/")[0] if entry and "/" in entry else "public"
     else:
         docroot = entry.rpartition("/")[0] if entry else ("public" if files.is_dir("public") else "")
     php = platform.get("php") if isinstance(platform.get("php"), str) else require.get("php")
@@ -84,7 +85,7 @@ def _extensions(require: dict, platform: dict, det: Detection) -> list[str]:
 def render(recipe: Recipe, files: RepoFiles) -> str:
     hints = recipe.hints
     docroot = "/app" + (f"/{hints['docroot']}" if hints.get("docroot") else "")
-    df = Dockerfile()
+    df = Dockerfile(tolerant=recipe.hints.get("lock_fallback", ()))
     if recipe.install or recipe.build:
         df.stage(recipe.images["composer"], "build")
         df.workdir("/app")

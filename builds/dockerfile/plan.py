@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from builds import errors
-from builds.dockerfile import dotnet, golang, jvm, node, php, python, ruby, rust, static
+from builds.dockerfile import deno, dotnet, golang, hugo, jvm, lockfile, node, php, python, ruby, rust, static
 from builds.dockerfile.allowlist import Allowlist, load_allowlist
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import Detection, Recipe, safe_relative_path
@@ -22,9 +22,10 @@ COMMAND_FIELDS = (("prebuild", "install", ("prebuildCommand", "installCommand"))
                   ("run", "run", ("runCommand",)))
 
 # Detection order: on equal confidence the earlier runtime wins.
-DETECTORS = (node, python, golang, rust, jvm, dotnet, php, ruby, static)
+DETECTORS = (hugo, node, deno, python, golang, rust, jvm, dotnet, php, ruby, static)
 MODULES = {"node": node, "bun": node, "python": python, "go": golang, "rust": rust, "java": jvm,
-           "dotnet": dotnet, "php": php, "ruby": ruby, "static": static}
+           "dotnet": dotnet, "php": php, "ruby": ruby, "static": static,
+           "deno": deno, "hugo": hugo}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class _Config:
     version: str | None
     commands: dict[str, tuple[str, str]]  # phase -> (command, field name)
     port: int | None
+    strict_lockfile: bool = False
 
 
 def read_config(build_config: dict) -> _Config:
@@ -86,7 +88,11 @@ def read_config(build_config: dict) -> _Config:
         port = int(port)
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
         raise UserError(f"buildConfig.exposePort must be a port number (1-65535), got {port!r}", code=INVALID_BUILD_CONFIG)
+    strict = build_config.get("strictLockfile", False)
+    if not isinstance(strict, bool):
+        raise UserError("buildConfig.strictLockfile must be true or false", code=INVALID_BUILD_CONFIG)
     return _Config(
+        strict_lockfile=strict,
         auto=bool(build_config.get("isAutoBuild")),
         runtime=runtime.strip().lower() if isinstance(runtime, str) and runtime.strip() else None,
         version=str(version).strip() if version not in (None, "") and str(version).strip() else None,
@@ -119,6 +125,9 @@ def plan_build(app_dir: Path, build_config: dict, *, repo_root: Path,
         raise UserError("workingDir leads outside the repository", code=errors.WORKING_DIR_INVALID) from None
 
     runtime, det = _choose(files, config, runtimes)
+    # The frozen installs detection wrote (before the request's commands replace any).
+    frozen = lockfile.fallbacks([det.install, det.build], lambda n: files.is_file(n) or files.at_root().is_file(n))
+    config = _with_procfile(files, config, det, allowlist, runtime.name)
     det = _apply_overrides(det, config, runtime.name)
     if det.fatal and "run" not in config.commands:
         raise UserError(det.fatal, code=errors.NOTHING_TO_BUILD)
@@ -128,6 +137,8 @@ def plan_build(app_dir: Path, build_config: dict, *, repo_root: Path,
     if not commands.get("run") and det.static_dir is None:
         raise UserError(f"no start command for the {runtime.name} app; set runCommand", code=errors.NOTHING_TO_BUILD)
 
+    if not config.strict_lockfile:
+        det.hints["lock_fallback"] = frozen
     recipe = _recipe(runtime, version, det, commands, config, runtimes, files)
     dockerfile = MODULES[runtime.name].render(recipe, files)
     return BuildPlan(
@@ -217,10 +228,50 @@ def _detect(files: RepoFiles) -> Detection:
     if not found:
         problems = f" ({'; '.join(files.problems)})" if files.problems else ""
         raise UserError("found nothing to build: no Dockerfile and no package.json, requirements.txt, "
-                        f"pyproject.toml, go.mod, Cargo.toml, pom.xml, composer.json, Gemfile or index.html{problems}",
+                        f"pyproject.toml, go.mod, Cargo.toml, pom.xml, composer.json, Gemfile, deno.json, a Hugo config or index.html{problems}",
                         code=errors.NOTHING_TO_BUILD)
     best = max(found, key=lambda det: det.confidence)  # max keeps the first of equals
     return best
+
+
+def procfile_web(files: RepoFiles) -> str | None:
+    """The command of a Procfile's `web:` process (Heroku's format: `name: command` lines)."""
+    if not files.is_file("Procfile"):
+        return None
+    for line in (files.read_text("Procfile") or "").splitlines():
+        name, colon, command = line.partition(":")
+        if colon and name.strip() == "web" and command.strip():
+            return " ".join(command.split())
+    return None
+
+
+# Runtimes whose run stage holds the app's own tree, where a Procfile's paths and commands mean
+# what they meant on Heroku. The others run what their build made, laid out anew (a Java app's
+# target/x.jar is /app/app.jar), or serve it with the image's own server (PHP, static sites).
+PROCFILE_RUNTIMES = ("node", "bun", "deno", "python", "ruby")
+
+
+def _with_procfile(files: RepoFiles, config: _Config, det: Detection, allowlist: Allowlist,
+                   runtime: str) -> _Config:
+    """A Procfile's web process is the start command when the request gives none. One the
+    allowlist refuses is only a warning while detection found a start command of its own."""
+    if "run" in config.commands or not config.auto:
+        return config
+    web = procfile_web(files)
+    if web is None:
+        return config
+    if runtime not in PROCFILE_RUNTIMES and (det.run or det.static_dir is not None):
+        det.warnings.append(f"the Procfile's web process ({web!r}) is not used: the generated {runtime} image "
+                            f"starts with {det.run or 'its own web server'!r}; set runCommand to start it otherwise")
+        return config
+    field = "the Procfile's web process"
+    if det.run:
+        try:
+            allowlist.check("run", web, field=field)
+        except UserError as exc:
+            det.warnings.append(f"{exc.message}; starting with the detected {det.run!r} instead")
+            return config
+    return replace(config, commands={**config.commands, "run": (web, field)})
 
 
 def _apply_overrides(det: Detection, config: _Config, runtime: str) -> Detection:

@@ -1,13 +1,15 @@
 """Python apps: pip (requirements.txt/.in, pyproject), Poetry, uv and Pipenv; Django, Flask,
 FastAPI and the other ASGI frameworks started with gunicorn/uvicorn; plain scripts.
 
-The image is two-stage: dependencies go into a virtualenv at /opt/venv in the build stage
-(with compilers only when a dependency needs them), and the slim run stage receives the
-virtualenv and the app, plus only the shared libraries those dependencies load at run time.
+The image is two-stage: dependencies go into a virtualenv at /opt/venv in the build stage, the
+full Python image (compiler and headers, for sdists such as psycopg2), and the slim run stage
+receives the virtualenv and the app, plus only the Debian packages whose shared libraries the
+compiled modules load (builds.dockerfile.native).
 """
 
 import re
 
+from builds.dockerfile import native, versions
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import ENTRY_POINT, MARKER, PROJECT, Detection, Recipe
 from builds.dockerfile.writer import Cache, Dockerfile
@@ -21,7 +23,9 @@ ASGI_FRAMEWORKS = {"FastAPI": "fastapi", "Starlette": "starlette", "Quart": "qua
                    "Litestar": "litestar", "Sanic": "sanic"}
 _APP_ASSIGNMENT = re.compile(
     r"^(\w+)\s*(?::\s*[\w.\[\]]+\s*)?=\s*(?:\w+\.)?(FastAPI|Starlette|Quart|Litestar|Sanic|Flask)\(", re.M)
-# dependency -> (build-stage packages, run-stage packages): sdists that compile against C libraries
+# dependency -> (build-stage packages, run-stage packages): sdists that compile against C
+# libraries. The full image has most build packages; a run package listed here is installed
+# even where ldd cannot see it (a library opened with dlopen).
 SYSTEM_PACKAGES = {
     "psycopg2": (("gcc", "libc6-dev", "libpq-dev"), ("libpq5",)),
     "mysqlclient": (("gcc", "libc6-dev", "pkg-config", "default-libmysqlclient-dev"), ("libmariadb3",)),
@@ -104,16 +108,15 @@ def _requirement_lines(files: RepoFiles, name: str, depth: int) -> list[str]:
 
 def python_version(files: RepoFiles, pyproject: dict | None) -> tuple[str | None, str | None]:
     for view in (files, files.at_root()) if files.subdir else (files,):
-        text = (view.read_text(".python-version") or "").strip()
+        text = versions.version_file_line(view.read_text(".python-version"))
         if text:
-            return text.splitlines()[0].strip(), ".python-version"
-        runtime_txt = (view.read_text("runtime.txt") or "").strip()
+            return text.removeprefix("python-"), ".python-version"
+        runtime_txt = versions.version_file_line(view.read_text("runtime.txt")) or ""
         if runtime_txt.startswith("python-"):
-            return runtime_txt.removeprefix("python-").splitlines()[0], "runtime.txt"
-        for line in (view.read_text(".tool-versions") or "").splitlines():
-            fields = line.split()
-            if len(fields) >= 2 and fields[0] == "python":
-                return fields[1], ".tool-versions"
+            return runtime_txt.removeprefix("python-"), "runtime.txt"
+        tool = versions.tool_versions(view.read_text(".tool-versions"), ("python",))
+        if tool:
+            return tool, ".tool-versions"
     if pyproject:
         project = pyproject.get("project") if isinstance(pyproject.get("project"), dict) else {}
         if isinstance(project.get("requires-python"), str):
@@ -209,11 +212,6 @@ _CACHES = {
 }
 
 
-def _apt(packages: list[str] | tuple[str, ...]) -> str:
-    return ("apt-get update && apt-get install -y --no-install-recommends " + " ".join(sorted(set(packages)))
-            + " && rm -rf /var/lib/apt/lists/*")
-
-
 def render(recipe: Recipe, files: RepoFiles) -> str:
     hints = recipe.hints
     manager = recipe.package_manager or "pip"
@@ -222,9 +220,9 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     build_packages = [p for dep in system for p in SYSTEM_PACKAGES[dep][0]]
     run_packages = [p for dep in system for p in SYSTEM_PACKAGES[dep][1]]
 
-    df = Dockerfile().stage(recipe.images["build"], "build")
+    df = Dockerfile(tolerant=recipe.hints.get("lock_fallback", ())).stage(recipe.images["build"], "build")
     if build_packages:
-        df.run(_apt(build_packages))
+        df.run(native.apt_install_missing(build_packages))
     df.env(**_ENV)
     if manager == "uv":
         df.env(UV_PROJECT_ENVIRONMENT="/opt/venv", UV_LINK_MODE="copy", UV_PYTHON_DOWNLOADS="never")
@@ -237,10 +235,10 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     df.install_and_copy_source(recipe.install, needed if detected else None, caches)
     if recipe.build:
         df.run(recipe.build)
+    native.record_libraries(df, "/opt/venv", "*.so*", run_packages)
 
     df.stage(recipe.images["run"])
-    if run_packages:
-        df.run(_apt(run_packages))
+    native.install_libraries(df)
     df.create_user()
     df.env(PYTHONUNBUFFERED="1", **_ENV, PORT=recipe.port)
     df.copy("/opt/venv", "/opt/venv", from_stage="build")

@@ -4,6 +4,7 @@ those gems load."""
 
 import re
 
+from builds.dockerfile import native, versions
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import ENTRY_POINT, PROJECT, Detection, Recipe
 from builds.dockerfile.writer import Dockerfile
@@ -19,13 +20,17 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     lock = files.read_text("Gemfile.lock") or ""
     gems = set(re.findall(r"^\s*gem\s+['\"]([\w-]+)['\"]", gemfile, re.M)) | set(re.findall(r"^    ([\w-]+) \(", lock, re.M))
     det = Detection("ruby", PROJECT, package_manager="bundler")
-    version = re.search(r"^ruby\s+['\"]~?>?\s*(\d+\.\d+(?:\.\d+)?)['\"]", gemfile, re.M)
-    dotfile = (files.read_text(".ruby-version") or "").strip().removeprefix("ruby-")
+    version = re.search(r"^ruby\s*\(?\s*['\"](~>|>=|>)?\s*(\d+\.\d+(?:\.\d+)?)['\"]", gemfile, re.M)
+    dotfile = (versions.version_file_line(files.read_text(".ruby-version")) or "").removeprefix("ruby-")
     locked = re.search(r"RUBY VERSION\s+ruby (\d+\.\d+(?:\.\d+)?)", lock)
+    tool = versions.tool_versions(files.read_text(".tool-versions"), ("ruby",))
     if dotfile:
-        det.version_request, det.version_source = dotfile.splitlines()[0], ".ruby-version"
-    elif version:
-        det.version_request, det.version_source = version.group(1), "Gemfile"
+        det.version_request, det.version_source = dotfile, ".ruby-version"
+    elif tool:
+        det.version_request, det.version_source = tool, ".tool-versions"
+    elif version:  # ">= 3.2" is a floor; "~> 3.4.1" and "3.4.1" name the line
+        floor = version.group(1) in (">=", ">")
+        det.version_request, det.version_source = (">=" if floor else "") + version.group(2), "Gemfile"
     elif locked:
         det.version_request, det.version_source = locked.group(1), "Gemfile.lock"
     det.install = "bundle install"
@@ -54,7 +59,7 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     bundle_env = {"BUNDLE_WITHOUT": "development:test", "BUNDLE_PATH": "/usr/local/bundle"}
     if "Gemfile.lock" in (hints.get("dependency_files") or ()):
         bundle_env = {"BUNDLE_DEPLOYMENT": "1", **bundle_env}  # install exactly the lockfile
-    df = Dockerfile().stage(recipe.images["build"], "build")
+    df = Dockerfile(tolerant=recipe.hints.get("lock_fallback", ())).stage(recipe.images["build"], "build")
     df.env(**bundle_env)
     df.workdir("/app")
     needed = hints.get("dependency_files")
@@ -63,12 +68,11 @@ def render(recipe: Recipe, files: RepoFiles) -> str:
     if recipe.build:
         df.env(RAILS_ENV="production", SECRET_KEY_BASE_DUMMY="1")
         df.run(recipe.build)
+    # Gems with C extensions compiled here; the run stage gets the libraries they link to.
+    native.record_libraries(df, "/usr/local/bundle", "*.so", hints.get("runtime_libraries") or [])
 
     df.stage(recipe.images["run"])
-    libraries = hints.get("runtime_libraries") or []
-    if libraries:
-        df.run("apt-get update && apt-get install -y --no-install-recommends " + " ".join(libraries)
-               + " && rm -rf /var/lib/apt/lists/*")
+    native.install_libraries(df)
     df.create_user()
     df.env(**bundle_env, RAILS_ENV="production", RACK_ENV="production", RAILS_LOG_TO_STDOUT="1",
            RAILS_SERVE_STATIC_FILES="1", PORT=recipe.port)

@@ -36,6 +36,8 @@ ROLES = {
     "dotnet": ("build", "run"),
     "php": ("composer", "run"),
     "ruby": ("build", "run"),
+    "deno": ("build", "run"),
+    "hugo": ("build",),  # the site is served by the static runtime's image
 }
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9._-]+)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")

@@ -7,6 +7,7 @@ does not exist, and the source is copied before it is built.
 
 import re
 
+from builds.dockerfile import versions
 from builds.dockerfile.files import RepoFiles
 from builds.dockerfile.model import ENTRY_POINT, PROJECT, Detection, Recipe
 from builds.dockerfile.writer import Cache, Dockerfile
@@ -57,9 +58,13 @@ def _rust_version(files: RepoFiles, package: dict) -> tuple[str | None, str | No
     toolchain = files.read_toml("rust-toolchain.toml") if files.is_file("rust-toolchain.toml") else None
     channel = ((toolchain or {}).get("toolchain") or {}).get("channel") if isinstance((toolchain or {}).get("toolchain"), dict) else None
     if not channel:
-        channel = ((files.read_text("rust-toolchain") or "").strip().splitlines() or [None])[0]
+        channel = versions.version_file_line(files.read_text("rust-toolchain"))
+        channel = re.sub(r"^channel\s*=\s*['\"]?([^'\"]*)['\"]?$", r"\1", channel or "")  # old TOML-less form
     if isinstance(channel, str) and re.match(r"^\d+\.\d+", channel):
         return f">={channel}", "rust-toolchain"
+    tool = versions.tool_versions(files.read_text(".tool-versions"), ("rust",))
+    if tool and re.match(r"^\d+\.\d+", tool):
+        return f">={tool}", ".tool-versions"
     if isinstance(package.get("rust-version"), str):
         return f">={package['rust-version']}", "Cargo.toml rust-version"
     return None, None
@@ -72,7 +77,7 @@ def _port(files: RepoFiles) -> int | None:
 
 def render(recipe: Recipe, files: RepoFiles) -> str:
     binary = recipe.hints.get("binary")
-    df = Dockerfile().stage(recipe.images["build"], "build")
+    df = Dockerfile(tolerant=recipe.hints.get("lock_fallback", ())).stage(recipe.images["build"], "build")
     df.workdir("/app")
     df.copy_source()
     if recipe.install:

@@ -14,6 +14,25 @@ _COMPARATOR = re.compile(r"^(>=|<=|==|~=|!=|>|<|=|\^|~)?\s*v?(\d+(?:\.(?:\d+|[xX
 _INF = 10**9
 
 
+def version_file_line(text: str | None) -> str | None:
+    """The version a one-line version file (.python-version, .nvmrc, runtime.txt...) names: its
+    first line that is not blank or a comment, without a trailing comment."""
+    for line in (text or "").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            return line
+    return None
+
+
+def tool_versions(text: str | None, names: tuple[str, ...]) -> str | None:
+    """The version .tool-versions (asdf, mise) gives the first of `names` it lists."""
+    for line in (text or "").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0] in names:
+            return fields[1]
+    return None
+
+
 def parse(text: str) -> tuple[int, ...] | None:
     match = _NUMERIC.match(text.strip())
     return tuple(int(part) for part in match.group(1).split(".")) if match else None

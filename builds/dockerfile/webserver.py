@@ -52,11 +52,13 @@ def nginx_conf(port: int, *, spa: bool) -> str:
             .replace("{fallback}", "/index.html" if spa else "=404"))
 
 
-def server_stage(df: Dockerfile, image: str, port: int, *, from_stage: str | None, source: str) -> None:
-    """The final stage: nginx serving `source` (a path in from_stage, or "." for the context)."""
+def server_stage(df: Dockerfile, image: str, port: int, *, from_stage: str | None, source: str,
+                 spa: bool | None = None) -> None:
+    """The final stage: nginx serving `source` (a path in from_stage, or "." for the context).
+    A single-page app (by default: built output) answers unknown paths with its index.html."""
     df.stage(image)
     df.create_user()
-    df.file(CONFIG_PATH, nginx_conf(port, spa=from_stage is not None))
+    df.file(CONFIG_PATH, nginx_conf(port, spa=from_stage is not None if spa is None else spa))
     if from_stage:
         df.copy(source, f"{WEB_ROOT}/", from_stage=from_stage)
     else:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from builds import errors
+from builds.dockerfile import lockfile
 from builds.errors import UserError
 
 CACHE_ARG = "HUBFLY_CACHE_ID"
@@ -36,9 +37,12 @@ class Cache:
 
 
 class Dockerfile:
-    def __init__(self) -> None:
+    def __init__(self, *, tolerant: tuple[str, ...] | frozenset[str] = ()) -> None:
+        """`tolerant`: the frozen installs (as written, e.g. "npm ci") that fall back to an
+        unlocked install when the lockfile is out of date (builds.dockerfile.lockfile)."""
         self.lines: list[str] = []
         self._stage_has_cache_arg = False
+        self._tolerant = frozenset(tolerant)
 
     def _add(self, line: str) -> None:
         if _CONTROL.search(line) or line.endswith("\\"):
@@ -106,6 +110,8 @@ class Dockerfile:
             self._add(f"ARG {CACHE_ARG}=default")
             self._stage_has_cache_arg = True
         mounts = "".join(cache.mount() + " " for cache in caches)
+        if self._tolerant:
+            command = lockfile.tolerant(command, self._tolerant)
         self._add(f"RUN {mounts}{command}")
         return self
 

@@ -9,6 +9,11 @@ The source rules hold all the way to the fetch: git connects only to the address
 was checked at (curl's resolve pin, ssh's HostName), follows no redirect, stops after
 GIT_TIMEOUT_SECONDS, and may write GIT_MAX_BYTES (the checkout included) while the disk keeps
 MIN_FREE_DISK free.
+
+Submodules (a `.gitmodules` with gitlinks in the tree, as static site themes are kept) are
+fetched at the commit the tree records, each under the same rules as the main repository: its
+URL (relative ones resolved against the main repository's) must pass the source rules, so
+file://, local paths and refused hosts fail the job with SOURCE_REFUSED naming the submodule.
 """
 
 import ipaddress
@@ -27,7 +32,7 @@ from django.conf import settings
 
 from builds import errors
 from builds.errors import TransientError, UserError
-from builds.services import gitsource, process
+from builds.services import gitsource, logs, process
 
 # The workspace's disk filled up while git wrote to it: this host's fault, retried (perhaps elsewhere).
 _NO_SPACE = re.compile(r"no space left on device|disk quota exceeded", re.I)
@@ -48,6 +53,8 @@ _NO_SHALLOW = re.compile(r"does not support shallow", re.I)
 # fill a disk (its inodes) too.
 _BLOCK = 4096
 _SSH_COMMAND = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+MAX_SUBMODULES = 20  # in all, nested ones included
+MAX_SUBMODULE_DEPTH = 3
 
 
 @dataclass
@@ -235,7 +242,34 @@ class Fetcher:
         else:
             self._shallow_fetch(source.url, source.ref or "HEAD", check=True)
             self._checkout("FETCH_HEAD")
-        return self._head()
+        head = self._head()
+        self._fetch_submodules(source.url, self.checkout, depth=1, budget=[MAX_SUBMODULES])
+        return head
+
+    def _fetch_submodules(self, parent_url: str, tree: Path, *, depth: int, budget: list[int]) -> None:
+        """Each submodule of the checkout at `tree` (one with a gitlink in the tree; `.gitmodules`
+        entries without one are ignored, as git does), fetched into its path under the source
+        rules; its .git is removed afterwards, so the build context holds files only."""
+        for path, url, sha in submodules(tree):
+            if depth > MAX_SUBMODULE_DEPTH or budget[0] <= 0:
+                raise UserError(f"the repository has more than {MAX_SUBMODULES} submodules or nests them deeper "
+                                f"than {MAX_SUBMODULE_DEPTH} levels", code=errors.SOURCE_REFUSED)
+            budget[0] -= 1
+            resolved = resolve_submodule_url(parent_url, url)
+            try:
+                source = checked_source(url=resolved, commit_sha=sha)
+            except UserError as exc:
+                raise UserError(f"submodule {path!r} ({url}): {exc}", code=errors.SOURCE_REFUSED) from None
+            self.log.line(f"fetching submodule {path} from {logs.mask_url_credentials(resolved)} at {sha}")
+            target = tree / path
+            sub = Fetcher(checkout=target, guard=self.guard, log=self.log, home=Path(self.env["HOME"]))
+            sub.deadline, sub.space = self.deadline, self.space
+            sub.options, sub.env["GIT_SSH_COMMAND"] = pin(source.url, source.addresses)
+            target.mkdir(parents=True, exist_ok=True)
+            sub.git("init", "-q")
+            sub._fetch_commit(source)
+            sub._fetch_submodules(resolved, target, depth=depth + 1, budget=budget)
+            shutil.rmtree(target / ".git")
 
     def _checkout(self, commit: str) -> None:
         """Check out `commit`, refusing first a tree that would not fit in GIT_MAX_BYTES (a
@@ -298,6 +332,65 @@ class Fetcher:
             capture_output=True, text=True, env=self.env, timeout=30, check=True,
         )
         return out.stdout.strip()
+
+
+def submodules(tree: Path) -> list[tuple[str, str, str]]:
+    """(path, url, commit) of each submodule the checkout at `tree` records: a `.gitmodules`
+    entry whose path holds a gitlink. A path that is not plain (absolute, `..`, a dot-file
+    name such as .git) is refused, so no fetch writes outside its own directory."""
+    modules = tree / ".gitmodules"
+    if not modules.is_file() or modules.is_symlink():
+        return []
+    listed = subprocess.run(
+        [settings.GIT_BIN, "config", "--file", str(modules), "--null", "--get-regexp", r"^submodule\..*\.(path|url)$"],
+        capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                                           "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"},
+    )
+    entries: dict[str, dict[str, str]] = {}
+    for item in filter(None, listed.stdout.split("\0")):
+        key, _, value = item.partition("\n")
+        name, _, field = key[len("submodule."):].rpartition(".")
+        entries.setdefault(name, {})[field] = value
+    gitlinks = _gitlinks(tree)
+    found = []
+    for name, entry in entries.items():
+        path, url = entry.get("path", "").strip("/"), entry.get("url", "")
+        if path not in gitlinks:
+            continue
+        parts = path.split("/")
+        if not url or path.startswith("/") or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+            raise UserError(f"submodule {name!r} has a path or URL that cannot be fetched safely: {path!r}",
+                            code=errors.SOURCE_REFUSED)
+        found.append((path, url, gitlinks[path]))
+    return found
+
+
+def _gitlinks(tree: Path) -> dict[str, str]:
+    out = subprocess.run([settings.GIT_BIN, "-C", str(tree), "ls-tree", "-r", "-z", "HEAD"],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+                              "HOME": "/nonexistent"})
+    links = {}
+    for item in filter(None, out.stdout.split("\0")):
+        meta, _, path = item.partition("\t")
+        mode, kind, sha = meta.split()
+        if mode == "160000" and kind == "commit":
+            links[path] = sha
+    return links
+
+
+def resolve_submodule_url(parent: str, url: str) -> str:
+    """A submodule URL as git resolves it: `./x` and `../x` are relative to the parent
+    repository's URL; anything else stands as written (and meets the source rules as such)."""
+    if not url.startswith(("./", "../")):
+        return url
+    base = parent.rstrip("/")
+    for part in url.split("/"):
+        if part == "..":
+            base = base.rsplit("/", 1)[0] if "/" in base.split("://", 1)[-1] else base
+        elif part not in (".", ""):
+            base = f"{base}/{part}"
+    return base
 
 
 def classify(output: str) -> errors.BuildError:

