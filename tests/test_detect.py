@@ -7,6 +7,7 @@ with tmp_path; nothing is built or executed.
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -306,6 +307,23 @@ def test_django_is_served_by_gunicorn(tmp_path):
     assert p.run_command == "gunicorn config.wsgi:application --bind 0.0.0.0:${PORT:-8000}"
     assert p.build_command == "python manage.py collectstatic --noinput"
     assert p.expose_port == 8000
+
+
+def test_a_collectstatic_that_finds_no_static_root_is_a_warning_not_a_failure(tmp_path):
+    """Render's Django template sets STATIC_ROOT only on Render: its collectstatic fails
+    (ImproperlyConfigured) anywhere else, and the app still serves. The generated step prints
+    the warning marker then, and fails for any other error of collectstatic."""
+    dockerfile = plan(tmp_path, DJANGO).dockerfile
+    (step,) = [line for line in dockerfile.splitlines() if "collectstatic" in line]
+    assert "grep -q STATIC_ROOT" in step and "|| exit $status" in step
+    assert "hubfly-%s collectstatic skipped" in step and "hubfly-warning" not in step
+    script = step.removeprefix("RUN ")
+    for output, code, expected in (("ImproperlyConfigured: ... STATIC_ROOT setting", 1, 0), ("SyntaxError", 1, 1),
+                                   ("0 static files copied", 0, 0)):
+        fake = script.replace("python manage.py collectstatic --noinput", f"sh -c 'echo {output}; exit {code}'")
+        result = subprocess.run(["sh", "-c", fake], capture_output=True, text=True)
+        assert result.returncode == expected, (output, result.stdout, result.stderr)
+        assert ("hubfly-warning: collectstatic skipped" in result.stdout) == (code != 0 and expected == 0)
 
 
 def test_django_without_gunicorn_gets_it_installed_with_a_warning(tmp_path):
