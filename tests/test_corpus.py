@@ -157,7 +157,10 @@ def image_size(registry_addr: str, image_tag: str) -> int:
 
 
 def plan_line(log: str) -> str:
-    return next((line.split("] ", 1)[-1] for line in log.splitlines() if "generated a Dockerfile for" in line), "-")
+    """The generator's summary and its plan (package manager, commands), as the log gives them."""
+    found = [line.split("] ", 1)[-1] for line in log.splitlines()
+             if "generated a Dockerfile for" in line or line.split("] ", 1)[-1].startswith("plan: ")]
+    return " | ".join(found[:2]) or "-"
 
 
 @pytest.mark.parametrize("app", [

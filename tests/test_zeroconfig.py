@@ -170,6 +170,7 @@ def test_express_server_is_detected_and_runs_in_production_mode(api, zc_worker, 
     built = build(api, infra, repo, project="zc-express", isAutoBuild=True)
 
     assert "generated a Dockerfile for node 20 (express)" in built.log
+    assert "plan: package manager: npm; install: npm ci" in built.log and "; start: npm start" in built.log
     assert "npm ci" in built.log and "npm prune --omit=dev" in built.log
     assert_image_basics(built, cmd=["npm", "start"], port=3000)
     assert built.env.get("NODE_ENV") == "production"

@@ -96,12 +96,20 @@ def prepare(*, checkout: Path, build_config: dict, working_dir: str, out_dir: Pa
     (out_dir / "Dockerfile").write_text(plan.dockerfile)
     for warning in plan.warnings:
         log.line(f"warning: {warning}")
+    log.line(plan_summary(plan))
     log.lines("generated Dockerfile:\n" + plan.dockerfile)
     # A monorepo workspace installs from the repository root, so the plan names its context.
     context = directory(checkout, plan.context_dir if plan.context_dir != "." else "", "build context")
     framework = f" ({plan.framework})" if plan.framework else ""
     return BuildInputs(context, out_dir, "Dockerfile", True,
                        f"generated a Dockerfile for {plan.runtime} {plan.version}{framework}", plan.as_dict())
+
+
+def plan_summary(plan) -> str:
+    """One log line of what the generator chose, beside the Dockerfile that says it in full."""
+    parts = [("package manager", plan.package_manager), ("install", plan.install_command),
+             ("build", plan.build_command), ("start", plan.run_command or "the static file server")]
+    return "plan: " + "; ".join(f"{name}: {value}" for name, value in parts if value)
 
 
 def generate(*, app_dir: Path, checkout: Path, build_config: dict):
