@@ -492,7 +492,8 @@ def test_dotnet_web_project(tmp_path):
 def test_maven_spring_boot_project(tmp_path):
     p = plan(tmp_path, {"pom.xml": "<project><parent>org.springframework.boot</parent>"
                                    "<properties><java.version>17</java.version></properties></project>"})
-    assert (p.runtime, p.framework, p.version) == ("java", "spring-boot", "21")
+    # java.version is a language level: the default line (the newest LTS) builds it.
+    assert (p.runtime, p.framework, p.version) == ("java", "spring-boot", "25")
     assert (p.build_command, p.run_command) == ("mvn -B -DskipTests package", "java -jar app.jar")
 
 

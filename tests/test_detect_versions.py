@@ -53,10 +53,11 @@ def refusal(root, files: dict, config: dict | None = None) -> UserError:
     ({**RUST_APP, "rust-toolchain.toml": '[toolchain]\nchannel = "1.100.0"\n'}, "rust", "1.100"),
     ({**RUST_APP, "rust-toolchain": "# pinned\n1.88\n"}, "rust", "1.100"),
     ({**RUBY_APP, "Gemfile": 'source "https://rubygems.org"\nruby "3.4.1"\ngem "rack"\n'}, "ruby", "3.4"),
-    ({**RUBY_APP, "Gemfile": 'ruby ">= 3.2"\ngem "rack"\n'}, "ruby", "3.4"),
+    ({**RUBY_APP, "Gemfile": 'ruby ">= 3.2"\ngem "rack"\n'}, "ruby", "4.0"),
     ({**RUBY_APP, "Gemfile": 'gem "rack"\n', "Gemfile.lock": "RUBY VERSION\n   ruby 3.4.2p100\n"}, "ruby", "3.4"),
     ({**RUBY_APP, "Gemfile": 'gem "rack"\n', ".ruby-version": "# ruby\nruby-3.3.6\n"}, "ruby", "3.3"),
-    ({"composer.json": {"require": {"php": "^8.4"}}, "public/index.php": ""}, "php", "8.4"),
+    ({"composer.json": {"require": {"php": "^8.4"}}, "public/index.php": ""}, "php", "8.5"),
+    ({"composer.json": {"require": {"php": "~8.4.0"}}, "public/index.php": ""}, "php", "8.4"),
 ])
 def test_the_version_comes_from_the_repository(tmp_path, files, runtime, version):
     p = plan(tmp_path, files)
@@ -79,13 +80,15 @@ def test_a_line_newer_than_runtimes_json_knows_is_refused_naming_the_known_ones(
 
 
 @pytest.mark.parametrize("runtime, line", [("python", "3.14"), ("node", "24"), ("node", "26"), ("bun", "1.4"),
-                                           ("go", "1.27"), ("rust", "1.100"), ("ruby", "3.4"), ("php", "8.4")])
+                                           ("go", "1.27"), ("rust", "1.100"), ("ruby", "3.4"), ("ruby", "4.0"),
+                                           ("php", "8.4"), ("php", "8.5"), ("java", "25"), ("dotnet", "10.0")])
 def test_runtimes_json_knows_the_current_lines(runtime, line):
     assert line in load_runtimes()[runtime].versions
 
 
 @pytest.mark.parametrize("runtime, default", [("node", "26"), ("python", "3.14"), ("bun", "1.4"), ("go", "1.27"),
-                                              ("rust", "1.100"), ("ruby", "3.4"), ("php", "8.4")])
+                                              ("rust", "1.100"), ("ruby", "4.0"), ("php", "8.5"), ("java", "25"),
+                                              ("dotnet", "10.0")])
 def test_defaults_are_on_the_newest_lts_or_stable_line(runtime, default):
     assert load_runtimes()[runtime].default == default
 
