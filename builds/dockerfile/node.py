@@ -122,14 +122,20 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     return det
 
 
-def package_manager(files: RepoFiles, pkg: dict, workspace_root: RepoFiles | None) -> tuple[str, str | None]:
-    """(npm|yarn|pnpm|bun, the lockfile or None); yarn 2+ is reported as "yarn-berry"."""
-    source = workspace_root or files
+def _declared_package_manager(pkg: dict, workspace_root: RepoFiles | None) -> str:
+    """package.json's `packageManager` ("yarn@4.1.0"), the workspace root's winning; "" if none."""
     declared = pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else ""
     if workspace_root is not None:
         root_pkg = workspace_root.read_json("package.json") or {}
         if isinstance(root_pkg.get("packageManager"), str):
             declared = root_pkg["packageManager"]
+    return declared
+
+
+def package_manager(files: RepoFiles, pkg: dict, workspace_root: RepoFiles | None) -> tuple[str, str | None]:
+    """(npm|yarn|pnpm|bun, the lockfile or None); yarn 2+ is reported as "yarn-berry"."""
+    source = workspace_root or files
+    declared = _declared_package_manager(pkg, workspace_root)
     lockfile = next((name for name, _ in LOCKFILES if source.is_file(name)), None)
     name = declared.split("@")[0].strip().lower() if declared else ""
     if name not in ("npm", "yarn", "pnpm", "bun"):
@@ -159,11 +165,7 @@ def _tool_pin(pkg: dict, files: RepoFiles, workspace_root: RepoFiles | None, pm:
     only, without a +sha suffix) and, for yarn 2+, whether .yarnrc.yml's yarnPath names a
     committed release (which any yarn, even 1.x, hands the work to)."""
     source = workspace_root or files
-    declared = pkg.get("packageManager") if isinstance(pkg.get("packageManager"), str) else ""
-    if workspace_root is not None:
-        root_pkg = workspace_root.read_json("package.json") or {}
-        if isinstance(root_pkg.get("packageManager"), str):
-            declared = root_pkg["packageManager"]
+    declared = _declared_package_manager(pkg, workspace_root)
     name, _, version = declared.partition("@")
     version = version.split("+")[0].strip()
     tool = {"tool_version": version if name.strip().lower() == pm.removesuffix("-berry")
