@@ -56,6 +56,13 @@ def refusal(root, files: dict, config: dict | None = None) -> UserError:
     ({**RUBY_APP, "Gemfile": 'ruby ">= 3.2"\ngem "rack"\n'}, "ruby", "4.0"),
     ({**RUBY_APP, "Gemfile": 'gem "rack"\n', "Gemfile.lock": "RUBY VERSION\n   ruby 3.4.2p100\n"}, "ruby", "3.4"),
     ({**RUBY_APP, "Gemfile": 'gem "rack"\n', ".ruby-version": "# ruby\nruby-3.3.6\n"}, "ruby", "3.3"),
+    # Heroku's Ruby template: a range with an upper bound under the default line, and the lockfile's Ruby
+    ({**RUBY_APP, "Gemfile": "ruby '>= 3.2', '< 4.0'\ngem 'rack'\n"}, "ruby", "3.4"),
+    ({**RUBY_APP, "Gemfile": "ruby '>= 3.2', '< 4.0'\ngem 'rack'\n", "Gemfile.lock": "RUBY VERSION\n  ruby 3.3.9\n"},
+     "ruby", "3.3"),
+    ({**RUBY_APP, "Gemfile": 'ruby "~> 3.3"\ngem "rack"\n'}, "ruby", "3.4"),
+    ({**RUBY_APP, "Gemfile": 'ruby "~> 3.3.1"\ngem "rack"\n', "Gemfile.lock": "RUBY VERSION\n  ruby 3.4.2\n"},
+     "ruby", "3.3"),
     ({"composer.json": {"require": {"php": "^8.4"}}, "public/index.php": ""}, "php", "8.5"),
     ({"composer.json": {"require": {"php": "~8.4.0"}}, "public/index.php": ""}, "php", "8.4"),
 ])

@@ -20,19 +20,19 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     lock = files.read_text("Gemfile.lock") or ""
     gems = set(re.findall(r"^\s*gem\s+['\"]([\w-]+)['\"]", gemfile, re.M)) | set(re.findall(r"^    ([\w-]+) \(", lock, re.M))
     det = Detection("ruby", PROJECT, package_manager="bundler")
-    version = re.search(r"^ruby\s*\(?\s*['\"](~>|>=|>)?\s*(\d+\.\d+(?:\.\d+)?)['\"]", gemfile, re.M)
+    required = gemfile_ruby_requirement(gemfile)
     dotfile = (versions.version_file_line(files.read_text(".ruby-version")) or "").removeprefix("ruby-")
-    locked = re.search(r"RUBY VERSION\s+ruby (\d+\.\d+(?:\.\d+)?)", lock)
+    locked = re.search(r"RUBY VERSION\s+ruby (\d+\.\d+)(?:\.\d+)?", lock)
     tool = versions.tool_versions(files.read_text(".tool-versions"), ("ruby",))
     if dotfile:
         det.version_request, det.version_source = dotfile, ".ruby-version"
     elif tool:
         det.version_request, det.version_source = tool, ".tool-versions"
-    elif version:  # ">= 3.2" is a floor; "~> 3.4.1" and "3.4.1" name the line
-        floor = version.group(1) in (">=", ">")
-        det.version_request, det.version_source = (">=" if floor else "") + version.group(2), "Gemfile"
-    elif locked:
+    elif locked and (not required or versions.resolve(required, [locked.group(1)], locked.group(1))):
+        # the Ruby the app was locked with, as Bundler and Heroku take it, when the Gemfile allows it
         det.version_request, det.version_source = locked.group(1), "Gemfile.lock"
+    elif required:
+        det.version_request, det.version_source = required, "Gemfile"
     det.install = "bundle install"
     det.hints["runtime_libraries"] = sorted(lib for gem, lib in RUNTIME_LIBRARIES.items() if gem in gems)
     det.hints["dependency_files"] = [n for n in ("Gemfile", "Gemfile.lock", ".ruby-version") if files.is_file(n)]
@@ -52,6 +52,29 @@ def detect(files: RepoFiles, *, runtime: str | None = None) -> Detection | None:
     else:
         det.fatal = "found no config.ru or Rails app to start; set runCommand"
     return det
+
+
+def gemfile_ruby_requirement(gemfile: str) -> str | None:
+    """The Gemfile's `ruby` directive as one range: every requirement it lists, so
+    `ruby '>= 3.2', '< 4.0'` keeps its upper bound; "3.4.1" and "~> 3.4.1" name the 3.4 line,
+    "~> 3.4" is 3.4 up to 4.0 (Bundler's pessimistic operator)."""
+    directive = re.search(r"^\s*ruby\s*\(?\s*(['\"].*)$", gemfile, re.M)
+    if not directive:
+        return None
+    clauses = []
+    for text in re.findall(r"['\"]([^'\"]*)['\"]", directive.group(1).split(":", 1)[0]):
+        match = re.fullmatch(r"\s*(~>|>=|<=|>|<|=|!=)?\s*(\d+(?:\.\d+)*)", text)
+        if not match:
+            continue
+        op, number = match.group(1) or "=", match.group(2)
+        parts = [int(p) for p in number.split(".")]
+        if op == "~>" and len(parts) == 2:
+            clauses += [f">={number}", f"<{parts[0] + 1}"]
+        elif op in ("~>", "=") and len(parts) >= 3:
+            clauses.append(f"{parts[0]}.{parts[1]}")
+        else:
+            clauses.append(number if op == "=" else f"{op}{number}")
+    return ",".join(clauses) or None
 
 
 def render(recipe: Recipe, files: RepoFiles) -> str:
