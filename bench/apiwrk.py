@@ -4,9 +4,12 @@ the web process as the Procfile starts it, on a database of its own holding a fe
 pending jobs (no worker: they stay pending), in variants that take turns for each figure.
 
 - lean: this checkout, as it runs by default;
+- h11: this checkout on uvicorn's pure-Python HTTP parser and asyncio's loop (gunicorn's
+  uvicorn_worker.UvicornH11Worker), as before httptools and uvloop were installed;
 - django: this checkout with API_LEAN_READS=0 (job reads through Django's middleware and DRF);
 - baseline: with --baseline DIR, the code in DIR (another release, e.g. `git archive <ref>`
-  unpacked there), run by the same Python.
+  unpacked there), run by the same Python, on the HTTP stack its requirements.txt installs (h11
+  and asyncio's loop unless it lists httptools).
 
 Figures: `GET /api/v1/jobs/{id}` (8 connections), `GET /api/v1/jobs?projectId=...&limit=50`
 (8 connections), `POST /api/v1/jobs` (8 connections, each request a new job): requests/s,
@@ -14,7 +17,7 @@ p50/p95/p99 latency, and the web processes' CPU time per request (user + system,
 the figure a machine shared with other work skews least; per round and variant. The POSTs come
 last as they add pending jobs.
 
-    .venv/bin/python bench/apiwrk.py [--seconds 10] [--rounds 2] [--pending 300] [--baseline DIR]
+    .venv/bin/python bench/apiwrk.py [--seconds 10] [--rounds 2] [--pending 300] [--workers 1] [--baseline DIR]
 """
 
 import argparse
@@ -87,7 +90,8 @@ def free_port() -> int:
 class Server:
     """gunicorn as the Procfile runs it, from `source`, on a data directory of its own."""
 
-    def __init__(self, name: str, source: Path, root: Path, extra_env: dict[str, str]):
+    def __init__(self, name: str, source: Path, root: Path, extra_env: dict[str, str], *, workers: int,
+                 worker_class: str = "uvicorn_worker.UvicornWorker"):
         self.name, self.source = name, source
         self.data_dir = root / name
         self.port = free_port()
@@ -104,7 +108,7 @@ class Server:
         self.log = open(self.data_dir / "web.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "hubfly.asgi:application", "--config", "python:hubfly.gunicorn_conf",
-             "--worker-class", "uvicorn_worker.UvicornWorker", "--workers", os.environ.get("WEB_WORKERS", "2"),
+             "--worker-class", worker_class, "--workers", str(workers),
              "--bind", f"127.0.0.1:{self.port}", "--timeout", "120"],
             cwd=source, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_healthy()
@@ -183,14 +187,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pending", type=int, default=300, help="pending jobs seeded in each database")
     parser.add_argument("--baseline", type=Path, help="a directory holding another release's code")
-    parser.add_argument("--only", default="", help="comma-separated variants (lean,django,baseline)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_WORKERS", "1")),
+                        help="uvicorn workers of each web process (the Procfile's default: 1)")
+    parser.add_argument("--only", default="", help="comma-separated variants (lean,h11,django,baseline)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (scripts/setup.sh --dev installs it)", file=sys.stderr)
         return 2
-    variants = {"lean": (REPO_ROOT, {"API_LEAN_READS": "1"}), "django": (REPO_ROOT, {"API_LEAN_READS": "0"})}
+    h11 = "uvicorn_worker.UvicornH11Worker"
+    variants = {"lean": (REPO_ROOT, {"API_LEAN_READS": "1"}, {}),
+                "h11": (REPO_ROOT, {"API_LEAN_READS": "1"}, {"worker_class": h11}),
+                "django": (REPO_ROOT, {"API_LEAN_READS": "0"}, {})}
     if args.baseline:
-        variants["baseline"] = (args.baseline.resolve(), {})
+        source = args.baseline.resolve()
+        stack = {} if "httptools" in (source / "requirements.txt").read_text() else {"worker_class": h11}
+        variants["baseline"] = (source, {}, stack)
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     root = Path(tempfile.mkdtemp(prefix="hubfly-apiwrk-"))
@@ -201,10 +212,11 @@ def main() -> int:
     servers: dict[str, Server] = {}
     results: dict[tuple[str, str], list[dict]] = {}
     print(f"{os.cpu_count()} cores; load average at start {loadavg()}; {args.pending} pending jobs; "
-          f"wrk -t2 -c8, {args.seconds} s per figure x {args.rounds} rounds, variants take turns", flush=True)
+          f"{args.workers} web worker(s); wrk -t2 -c8, {args.seconds} s per figure x {args.rounds} rounds, "
+          f"variants take turns", flush=True)
     try:
-        for name, (source, env) in variants.items():
-            servers[name] = Server(name, source, root, env)
+        for name, (source, env, options) in variants.items():
+            servers[name] = Server(name, source, root, env, workers=args.workers, **options)
         ids = {name: server.seed(args.pending) for name, server in servers.items()}
         (root / "detail.txt").write_text("\n".join(f"/api/v1/jobs/{i}" for i in ids["lean" if "lean" in ids
                                                                                     else next(iter(ids))]))

@@ -6,7 +6,8 @@ its job's one shared reader, not a thread with a database connection of its own.
 request (the JSON API, the admin, static files) runs Django as WSGI in a pool of WEB_THREADS
 threads: one hand-off per request instead of several, and each thread keeps its database
 connection between requests (CONN_MAX_AGE). Reads of jobs are answered in front of Django's
-handler when they succeed (builds.api.reads). Measured in bench/RESULTS.md.
+handler when they succeed (builds.api.reads): on SQLite in the event loop itself, before the
+hand-off to a thread; on PostgreSQL in the threads. Measured in bench/RESULTS.md.
 
 Neither half reads a request body before it is checked: the WSGI half reads lazily (the size
 limit and the token come first), and the log route refuses any body unread.
@@ -22,9 +23,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubfly.settings")
 django_app = get_wsgi_application()  # sets Django up first
 
 from builds.api.logstream import LOG_PATH, refuse_request_body, serve_logs  # noqa: E402
-from builds.api.reads import LeanReads  # noqa: E402
+from builds.api.reads import LeanReads, in_the_loop  # noqa: E402
 
-threaded = WSGIMiddleware(LeanReads(django_app), workers=settings.WEB_THREADS)
+api = in_the_loop(WSGIMiddleware(LeanReads(django_app), workers=settings.WEB_THREADS))
 
 streaming = refuse_request_body(serve_logs)
 
@@ -41,4 +42,4 @@ async def application(scope, receive, send):
     elif scope["type"] == "http" and LOG_PATH.match(scope["path"]):
         await streaming(scope, receive, send)
     else:
-        await threaded(scope, receive, send)
+        await api(scope, receive, send)

@@ -1,14 +1,16 @@
 """The real web process (configs/Procfile's web line, hubfly/asgi.py): the JSON API runs in a
-thread pool that keeps database connections, and request bodies are checked before anything
-reads them."""
+thread pool that keeps database connections, reads of jobs are answered in the event loop
+without one, and request bodies are checked before anything reads them."""
 
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from django.db import connection
 
 from tests.conftest import API_TOKEN, TEST_ROOT
 from tests.support.webserver import WebServer
@@ -72,3 +74,26 @@ def test_api_threads_keep_their_database_connections(web):
     (worker,) = web.worker_pids()
     # Each request has ended; a connection closed after every request would leave none open.
     assert 1 <= open_database_files(worker) <= int(os.environ.get("WEB_THREADS", "8"))
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="reads are answered in the loop on SQLite only; on "
+                    "PostgreSQL they run in the threads (builds.api.reads)")
+def test_job_reads_are_answered_in_the_event_loop_without_a_thread(web):
+    """Eight clients reading at once would make the thread pool start up to eight threads;
+    answered in the loop, the worker keeps the threads it had."""
+    body = {"id": f"loop-{time.time_ns()}", "projectId": "loop", "userId": "loop",
+            "sourceInfo": {"gitRepository": "http://127.0.0.1:9/app.git"}}
+    with httpx.Client(base_url=web.url, headers=AUTH, timeout=30) as client:
+        assert client.post("/api/v1/jobs", json=body).status_code == 201
+        assert client.post(f"/api/v1/jobs/{body['id']}/cancel").status_code == 202  # no places to compute
+    (worker,) = web.worker_pids()
+    before = len(os.listdir(f"/proc/{worker}/task"))
+
+    def read(_):
+        with httpx.Client(base_url=web.url, headers=AUTH, timeout=30) as client:
+            return {client.get(f"/api/v1/jobs/{body['id']}").status_code for _ in range(25)} | {
+                client.get("/api/v1/jobs", params={"projectId": "loop"}).status_code}
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set().union(*pool.map(read, range(8))) == {200}
+    assert len(os.listdir(f"/proc/{worker}/task")) == before
