@@ -106,6 +106,11 @@ def run(ctx: Context, restart) -> None:
     seconds = ctx.n(3, 10)
     results = {}
     for variant, (tree, extra) in variants(ctx).items():
+        if ctx.instance is not None:  # each set on a database of its own: none works off the other's jobs
+            data_dir = ctx.instance.data_dir
+            ctx.instance.stop()
+            ctx.instance = None
+            shutil.rmtree(data_dir, ignore_errors=True)
         restart(extra, tree)
         root = ctx.instance.proc.pid
         time.sleep(ctx.n(3, 10))  # start-up work done, every process idle
