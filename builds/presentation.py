@@ -3,8 +3,9 @@
 documented subset of the same fields (`CALLBACK_FIELDS`; the OpenAPI schema's JobOutcome)."""
 
 from builds import errors
+from builds.joblog import masking
 from builds.models import PRIORITY_NAMES, Job, Status
-from builds.services import logs, queue
+from builds.services.state import queue
 
 # The fields of a job the outcome webhook posts, in the API's order.
 CALLBACK_FIELDS = (
@@ -21,7 +22,7 @@ def iso(value) -> str | None:
 def masked_source_info(job: Job) -> dict:
     info = dict(job.source_info or {})
     if "gitRepository" in info:
-        info["gitRepository"] = logs.mask_url_credentials(info["gitRepository"])
+        info["gitRepository"] = masking.mask_url_credentials(info["gitRepository"])
     return info
 
 
@@ -29,8 +30,8 @@ def masked_build_config(job: Job) -> dict:
     config = dict(job.build_config or {})
     secret_keys = config.get("secrets") or []
     if config.get("env") or secret_keys:
-        shown = {k: (logs.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
-        config["env"] = {**shown, **{k: logs.MASK for k in secret_keys}}
+        shown = {k: (masking.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
+        config["env"] = {**shown, **{k: masking.MASK for k in secret_keys}}
     return config
 
 

@@ -12,7 +12,7 @@ from hubfly.logformat import logging_config
 
 # whitenoise serves the admin's and the API docs' static files as sync file responses, which
 # Django's ASGI handler reads whole (they are small) and warns about on every request. The
-# large responses, the logs, stream asynchronously (builds.services.follow).
+# large responses, the logs, stream asynchronously (builds.joblog.reader).
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
 logconfig_dict = logging_config(os.environ.get("LOG_FORMAT", "plain").lower(), os.environ.get("LOG_LEVEL", "INFO"))
@@ -23,6 +23,6 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     # gunicorn reads this file before Django is set up; the worker has set it up by now.
-    from builds.services import dispatch
+    from builds.services.state import dispatch
 
     dispatch.warm_up()

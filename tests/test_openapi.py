@@ -16,8 +16,8 @@ from openapi_core.testing import MockRequest, MockResponse
 
 from django.utils import timezone
 
+from builds.joblog import writer
 from builds.models import CallbackEvent, Job
-from builds.services import logs
 from tests.conftest import API_TOKEN, RECEIVER, REPO_ROOT, TEST_ROOT
 from tests.support.browser import chromium
 from tests.support.jobs import new_id
@@ -153,7 +153,7 @@ def test_real_responses_match_the_schema(web, spec):
         build_config={"runtime": "node", "version": "20"}, request_fingerprint="-", status="building",
         worker="host:1", commit_sha="a" * 40, image_tag="reg/u/p:x", progress={"step": 3, "total": 7, "name": "RUN npm run build"},
     )
-    logs.append_text(running, "building")
+    writer.append_text(running, "building")
     shown = call("GET", f"/api/v1/jobs/{running}", expect=200).json()
     assert shown["progress"] == {"step": 3, "total": 7, "name": "RUN npm run build"}
     assert "pw" not in shown["sourceInfo"]["gitRepository"]
@@ -231,7 +231,7 @@ def test_the_webhook_body_is_the_documented_subset_of_the_job(spec):
     import jsonschema
 
     from builds import errors, presentation
-    from builds.services import lifecycle
+    from builds.services.state import lifecycle
 
     job = Job.objects.create(id=new_id("outcome"), project_id="p", user_id="u", request_fingerprint="-",
                              source_info={"gitRepository": REPO}, callback_url="http://127.0.0.1:9/hook")

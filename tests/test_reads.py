@@ -10,7 +10,7 @@ import pytest
 from django.core.wsgi import get_wsgi_application
 
 from builds.api.reads import LeanReads
-from builds.services import lifecycle, queue
+from builds.services.state import lifecycle, queue
 from tests.testenv import API_TOKEN
 
 REPO = "http://127.0.0.1:9/app.git"

@@ -19,8 +19,9 @@ from django.utils import timezone
 from builds import errors
 from builds.errors import LeaseLost, TransientError
 from builds.models import Job
-from builds.services import lifecycle, pipeline
-from builds.services.registry import TagWriter
+from builds.services import pipeline
+from builds.services.state import lifecycle
+from builds.services.steps.registry import TagWriter
 from tests.conftest import REGISTRY_ADDR, wait_for
 from tests.support import registry
 from tests.support.jobs import log_text, new_id, submit, wait_final

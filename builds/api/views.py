@@ -17,7 +17,9 @@ from builds.api.schema import (
 )
 from builds.errors import UserError
 from builds.models import PRIORITIES, CallbackEvent, Job, Status
-from builds.services import callbacks, health, jobs, lifecycle, metrics, submit
+from builds.services import callbacks, jobs, submit
+from builds.services.operations import health, metrics
+from builds.services.state import lifecycle
 
 MAX_PAGE = 200
 
@@ -210,7 +212,7 @@ def healthz(request):
 
 def metrics_view(request):
     """Prometheus text; no token, like /healthz: it holds counts only, no ids or names. Computed
-    in the background, not per request (builds.services.metrics)."""
+    in the background, not per request (builds.services.operations.metrics)."""
     latest = metrics.latest()
     if latest is None:
         return HttpResponse("metrics are not available\n", status=503, content_type="text/plain; charset=utf-8")
@@ -219,7 +221,7 @@ def metrics_view(request):
 
 
 def readyz(request):
-    """No token: the last results of the checks, refreshed in the background (builds.services.health)."""
+    """No token: the last results of the checks, refreshed in the background (builds.services.operations.health)."""
     checks = health.readiness() or {"checks": "not available yet"}
     ok = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503)

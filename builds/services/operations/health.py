@@ -19,8 +19,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connection
 
-from hubfly import buildnet
 from hubfly.celery import app
+from infra import buildnet
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _build_network(workers: list[dict]) -> str:
     exposed = sorted(modes - {"cni", "bridge"})
     if exposed:
         return f"buildkitd runs RUN steps on the {exposed[0]} network: builds are not isolated"
-    # The policy file is where a local buildkitd's network was applied (hubfly.localservices).
+    # The policy file is where a local buildkitd's network was applied (infra.localservices).
     policy = buildnet.read_policy(settings.DATA_DIR / "buildnet")
     if policy is not None and policy.get("mode") != settings.BUILD_NETWORK:
         return f"the egress policy is for BUILD_NETWORK={policy.get('mode')}, this process has {settings.BUILD_NETWORK}"

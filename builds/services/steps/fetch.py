@@ -32,7 +32,9 @@ from django.conf import settings
 
 from builds import errors
 from builds.errors import TransientError, UserError
-from builds.services import gitsource, logs, process
+from builds.joblog import masking
+from builds.services import process
+from builds.services.steps import source_rules
 
 # The workspace's disk filled up while git wrote to it: this host's fault, retried (perhaps elsewhere).
 _NO_SPACE = re.compile(r"no space left on device|disk quota exceeded", re.I)
@@ -69,8 +71,8 @@ def checked_source(*, url: str, ref: str = "", commit_sha: str = "") -> Source:
     """The source with the addresses its host may be fetched from; SOURCE_REFUSED if the
     rules refuse it (checked now, in the worker: DNS may answer otherwise than at submit)."""
     try:
-        addresses = gitsource.check_host_allowed(gitsource.parse_repository(url))
-    except gitsource.SourceError as exc:
+        addresses = source_rules.check_host_allowed(source_rules.parse_repository(url))
+    except source_rules.SourceError as exc:
         raise UserError(str(exc), code=errors.SOURCE_REFUSED) from None
     return Source(url=url, ref=ref, commit_sha=commit_sha, addresses=addresses)
 
@@ -166,7 +168,7 @@ def pin(url: str, addresses: tuple[str, ...]) -> tuple[list[str], str]:
     host was checked at), whatever the host's name resolves to by the time git looks it up."""
     if not addresses:
         return [], _SSH_COMMAND
-    repo = gitsource.parse_repository(url)
+    repo = source_rules.parse_repository(url)
     if _is_address(repo.host):
         return [], _SSH_COMMAND
     if repo.scheme == "ssh":
@@ -260,7 +262,7 @@ class Fetcher:
                 source = checked_source(url=resolved, commit_sha=sha)
             except UserError as exc:
                 raise UserError(f"submodule {path!r} ({url}): {exc}", code=errors.SOURCE_REFUSED) from None
-            self.log.line(f"fetching submodule {path} from {logs.mask_url_credentials(resolved)} at {sha}")
+            self.log.line(f"fetching submodule {path} from {masking.mask_url_credentials(resolved)} at {sha}")
             target = tree / path
             sub = Fetcher(checkout=target, guard=self.guard, log=self.log, home=Path(self.env["HOME"]))
             sub.deadline, sub.space = self.deadline, self.space
