@@ -23,24 +23,18 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import bcrypt
 
-from infra import buildnet
+from infra import buildnet, probes
 
 MIRROR_PREFIX = "hubfly-mirror/docker.io"
 REGISTRY_START_SECONDS = 20.0
 BUILDKITD_START_SECONDS = 60.0
 POLL_SECONDS = 0.2
-
-# Loopback addresses must not go through an HTTP proxy taken from the environment.
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 class ServiceError(RuntimeError):
     pass
@@ -92,31 +86,17 @@ def _write_private(path: Path, text: str) -> None:
 
 def registry_reachable(addr: str, timeout: float = 1.0) -> bool:
     try:
-        with _direct.open(f"http://{addr}/v2/", timeout=timeout) as response:
-            return response.status == 200
-    except urllib.error.HTTPError as exc:
-        # 401 is a registry that wants credentials: it is up.
-        return exc.code == 401
+        return probes.registry(f"http://{addr}", timeout=timeout, direct=True) == "ok"
     except (OSError, ValueError):
         return False
 
 
 def buildkitd_reachable(addr: str, timeout: float = 5.0) -> bool:
     try:
-        buildctl = find_binary("buildctl")
-    except ServiceError:
+        probes.buildkit_workers(find_binary("buildctl"), addr, timeout=timeout)
+    except (ServiceError, probes.ProbeFailed, subprocess.TimeoutExpired, OSError, ValueError):
         return False
-    try:
-        result = subprocess.run(
-            [buildctl, "--addr", addr, "debug", "workers"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
+    return True
 
 
 def registry_config(data_dir: Path, addr: str, htpasswd: Path | None = None) -> str:
