@@ -15,6 +15,8 @@ from hubfly.logformat import logging_config
 # large responses, the logs, stream asynchronously (builds.joblog.reader).
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
+# Read here as hubfly/settings.py reads them: gunicorn's master process loads this file and never
+# Django's settings (importing them would cost it about 7 MiB).
 logconfig_dict = logging_config(os.environ.get("LOG_FORMAT", "plain").lower(), os.environ.get("LOG_LEVEL", "INFO"))
 # gunicorn 27's runtime control socket has one default path per user: two web processes on one
 # host (the scale-out layout) would fight over it, and nothing here uses it.

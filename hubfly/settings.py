@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from .env import ConfigError, env_bool, env_bytes, env_float, env_int, env_list, env_str, sqlite_path
+from .env import ConfigError, env_bool, env_bytes, env_float, env_int, env_list, env_passed, env_str, sqlite_path
 from .logformat import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -216,6 +216,9 @@ REGISTRY_INSECURE = env_bool("REGISTRY_INSECURE", False)
 # infra.localservices generated a pair into DATA_DIR; an operator's own docker config file is
 # used as it is (DOCKER_CONFIG, a directory holding config.json).
 REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
+# The operator's docker config directory (its config.json), read for registry credentials when
+# REGISTRY_USERNAME is not set.
+DOCKER_CONFIG = Path(env_str("DOCKER_CONFIG") or Path.home() / ".docker")
 REGISTRY_PASSWORD = env_str("REGISTRY_PASSWORD")
 if bool(REGISTRY_USERNAME) != bool(REGISTRY_PASSWORD):
     raise ConfigError("REGISTRY_USERNAME and REGISTRY_PASSWORD must be set together")
@@ -236,6 +239,12 @@ except _NetworkError as exc:
 BUILDKIT_ADDR = env_str("BUILDKIT_ADDR", "unix:///run/buildkit/buildkitd.sock")
 BUILDCTL_BIN = env_str("BUILDCTL_BIN", "buildctl")
 GIT_BIN = env_str("GIT_BIN", "git")
+# What git and buildctl get of the service's own environment, as it is (each takes the names it
+# needs, builds/services/steps/fetch.py and buildkit.py; nothing else of it reaches them).
+INHERITED_ENV = env_passed(
+    "PATH", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "DOCKER_CONFIG", "BUILDKIT_HOST",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+)
 CALLBACK_URL = env_str("CALLBACK_URL")
 CALLBACK_SECRET = env_str("CALLBACK_SECRET")
 CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 5.0, minimum=0.1)

@@ -387,6 +387,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.localservices")
+    # Defaults from the variables the service reads too (hubfly/settings.py), so `up` starts what
+    # the service will look for; the launcher runs without Django, so it reads them itself.
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the registry and buildkitd unless reachable, stay in the foreground")
     up.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))

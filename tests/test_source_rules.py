@@ -175,7 +175,7 @@ def test_ssh_fetch_connects_to_the_checked_address(settings, monkeypatch, tmp_pa
         f'#!/bin/sh\nexec {sys.executable} {fake} {roots} git.rebind.test=127.0.0.3 "$@"\n'
     )
     (bin_dir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    settings.INHERITED_ENV = {**settings.INHERITED_ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     settings.GIT_ALLOWED_HOSTS = ["127.0.0.2"]
     fake_resolver(monkeypatch, {"git.rebind.test": "127.0.0.2"}, then_real=False)
 

@@ -171,10 +171,11 @@ def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
 
 
 def buildctl_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+    inherited = settings.INHERITED_ENV
+    env = {"PATH": inherited.get("PATH", "/usr/bin:/bin"), "HOME": inherited.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
     for name in ("DOCKER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", "BUILDKIT_HOST"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        if name in inherited:
+            env[name] = inherited[name]
     config_dir = docker_config_dir()
     if config_dir is not None:
         env["DOCKER_CONFIG"] = str(config_dir)

@@ -187,9 +187,13 @@ def _is_address(host: str) -> bool:
     return True
 
 
+def _search_path() -> str:
+    return settings.INHERITED_ENV.get("PATH", "/usr/bin:/bin")
+
+
 def git_env(home: Path) -> dict[str, str]:
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": _search_path(),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "GIT_TERMINAL_PROMPT": "0",
@@ -199,8 +203,8 @@ def git_env(home: Path) -> dict[str, str]:
     }
     for name in ("GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
                  "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        if name in settings.INHERITED_ENV:
+            env[name] = settings.INHERITED_ENV[name]
     return env
 
 
@@ -345,7 +349,7 @@ def submodules(tree: Path) -> list[tuple[str, str, str]]:
         return []
     listed = subprocess.run(
         [settings.GIT_BIN, "config", "--file", str(modules), "--null", "--get-regexp", r"^submodule\..*\.(path|url)$"],
-        capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        capture_output=True, text=True, timeout=30, env={"PATH": _search_path(),
                                                            "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"},
     )
     entries: dict[str, dict[str, str]] = {}
@@ -370,7 +374,7 @@ def submodules(tree: Path) -> list[tuple[str, str, str]]:
 def _gitlinks(tree: Path) -> dict[str, str]:
     out = subprocess.run([settings.GIT_BIN, "-C", str(tree), "ls-tree", "-r", "-z", "HEAD"],
                          capture_output=True, text=True, timeout=60,
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+                         env={"PATH": _search_path(), "GIT_CONFIG_NOSYSTEM": "1",
                               "HOME": "/nonexistent"})
     links = {}
     for item in filter(None, out.stdout.split("\0")):
