@@ -1,6 +1,10 @@
-"""A job as the service shows it, written once: the API's answer (`job_json`, documented by
-`builds/api/schema.py`'s JobOutput, which a test keeps equal to it) and the webhook's body, a
-documented subset of the same fields (`CALLBACK_FIELDS`; the OpenAPI schema's JobOutcome)."""
+"""A job as the service shows it, written once: the API's answer (`job_json`) and the webhook's
+body, a documented subset of the same fields (`outcome_json`, `CALLBACK_FIELDS`).
+
+The API's views render them through builds/api/schema.py's JobOutput and JobOutcomeOutput, the
+classes the OpenAPI schema is made from (a test keeps their fields equal to what is written
+here); the lean reads (builds/api/reads.py) and the worker's webhook, which load no DRF, call
+these functions directly."""
 
 from builds import errors
 from builds.joblog import masking

@@ -9,7 +9,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from builds import presentation, selectors
+from builds import selectors
 from builds.api.errors import ApiError
 from builds.api.serializers import JobCreateInput
 from builds.api.schema import (
@@ -75,7 +75,7 @@ class JobListCreate(APIView):
             raise ApiError(400, exc.code, exc.message) from None
         except jobs.JobConflict:
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
-        return Response(presentation.job_json(job, placed=not created),
+        return Response(JobOutput(job, context={"placed": not created}).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
@@ -109,7 +109,7 @@ class JobDetail(APIView):
     @extend_schema(operation_id="jobs_retrieve", summary="One job", parameters=[JOB_ID],
                    responses={200: JobOutput, 401: UNAUTHORIZED, 404: NOT_FOUND}, tags=["jobs"])
     def get(self, request, job_id):
-        return Response(presentation.job_json(get_job(job_id)))
+        return Response(JobOutput(get_job(job_id)).data)
 
 
 class JobCancel(APIView):
@@ -133,7 +133,7 @@ class JobCancel(APIView):
             raise job_not_found()
         if not accepted:
             raise ApiError(409, "JOB_FINAL", f"the job already ended ({job.status})")
-        return Response(presentation.job_json(job), status=status.HTTP_202_ACCEPTED)
+        return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class JobDeliveries(APIView):
@@ -203,7 +203,7 @@ class RunningBuilds(APIView):
     @extend_schema(operation_id="running_builds", summary="Jobs claimed or building, on every worker",
                    responses={200: JobOutput(many=True), 401: UNAUTHORIZED}, tags=["dev"])
     def get(self, request):
-        return Response([presentation.job_json(job) for job in selectors.running_jobs()])
+        return Response(JobOutput(selectors.running_jobs(), many=True).data)
 
 
 def healthz(request):
