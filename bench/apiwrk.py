@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from hubfly import localservices  # noqa: E402  (standard library only: no Django)
+from infra import localservices  # noqa: E402  (standard library only: no Django)
 
 TOKEN = "bench-wrk"
 REPO_URL = "http://127.0.0.1:9/app.git"

@@ -2,7 +2,7 @@
 
 Through the service: POST the job, wait for its callback; the job log's timestamped lines say
 when each step began. By hand: the same git commands the worker runs, then the buildctl argv
-that `builds.services.buildkit.command` makes for the same request (same cache ref, pushed by
+that `builds.services.steps.buildkit.command` makes for the same request (same cache ref, pushed by
 digest like the service's), on a fresh checkout. The difference is what the service adds.
 """
 
@@ -140,7 +140,7 @@ def hand_fetch(url: str, commit: str, checkout: Path, home: Path) -> None:
 
 def buildctl_argv(context_dir: Path, *, project: str, tag: str, metadata: Path,
                   user: str = "bench") -> tuple[list[str], dict]:
-    from builds.services import buildkit, naming
+    from builds.services.steps import buildkit, naming
 
     request = buildkit.BuildRequest(
         context_dir=context_dir, dockerfile_dir=context_dir, dockerfile_name="Dockerfile",

@@ -56,7 +56,7 @@ def _submit(job_id: str, user: str) -> None:
 def scenario(policy: str) -> dict:
     """A: 20 jobs at t=0, B: 2 at t=0.5, two slots; returns makespan and waits (simulated s)."""
     from builds.models import Status
-    from builds.services import lifecycle
+    from builds.services.state import lifecycle
 
     run = f"{policy[:4]}-{time.monotonic_ns()}"
     messages, submitted, started, running = [], {}, {}, []  # running: [(ends_at, job_id, lease)]
@@ -101,7 +101,7 @@ def pick_cost(pending: int, runs: int) -> dict:
     from django.utils import timezone
 
     from builds.models import Job
-    from builds.services import lifecycle, queue
+    from builds.services.state import lifecycle, queue
 
     now = timezone.now()
     rows = [Job(id=f"cost-{i}", project_id=f"p{i % 400}", user_id=f"u{i % 200}", source_info={}, build_config={},

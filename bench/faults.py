@@ -32,7 +32,7 @@ from collections import Counter
 from bench.common import Context, new_job_id
 from bench.repos import TRIVIAL, BuildRepo, sleeping
 from bench.support import REPO_ROOT, Api, job_body
-from hubfly import localservices
+from infra import localservices
 
 CLIENTS = 8
 ENV = {"HEARTBEAT_SECONDS": "1", "LEASE_SECONDS": "8", "REAPER_INTERVAL_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "1",
@@ -177,7 +177,7 @@ def _faults(ctx: Context, workers: list[ExtraWorker]):
 
 
 def _restart(ctx: Context, what: str) -> None:
-    from hubfly import localservices
+    from infra import localservices
 
     infra = ctx.infra
     index = next(i for i, p in enumerate(infra.procs) if what in " ".join(map(str, p.args)))
@@ -271,7 +271,7 @@ def _report(ctx: Context, ids: list[str], finished: set[str], answers: Counter, 
 
 def _tag_digest(image: str) -> str:
     """The digest of the manifest the registry holds under the image's tag."""
-    from builds.services.registry import MANIFEST_TYPES
+    from builds.services.steps.registry import MANIFEST_TYPES
 
     reference, _, tag = image.rpartition(":")
     host, _, path = reference.partition("/")

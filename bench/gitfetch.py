@@ -1,5 +1,5 @@
 """Benchmark 6: fetching one commit of a long-history repository, the way the worker does
-(`builds.services.git.Fetcher`: init, shallow fetch of the SHA, checkout), versus a full
+(`builds.services.steps.fetch.Fetcher`: init, shallow fetch of the SHA, checkout), versus a full
 `git clone`, both over smart HTTP from the local git server."""
 
 import os
@@ -22,8 +22,8 @@ class _NoLog:
 
 
 def service_fetch(url: str, sha: str, work) -> None:
-    from builds.services import git as git_step
     from builds.services import process
+    from builds.services.steps import fetch as git_step
 
     home = work / "home"
     home.mkdir(parents=True)

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from bench.common import Context
-from hubfly import localservices
+from infra import localservices
 from tests.support import registry
 
 

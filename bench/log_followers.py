@@ -2,7 +2,7 @@
 many followers of one running job.
 
 Makes a job row in a throwaway data directory (SQLite, or DATABASE_URL if set), appends 50 MB
-to its log with `builds.services.logs.append_chunk` (64 KiB chunks, as a busy build writes),
+to its log with `builds.joblog.writer.append_chunk` (64 KiB chunks, as a busy build writes),
 starts the real web process (the `web:` line of configs/Procfile: gunicorn + uvicorn's ASGI
 worker, one worker process so the figure is one process's), and measures its resident memory
 (gunicorn master + worker, from /proc) idle, while 20 concurrent followers read the whole log
@@ -59,8 +59,8 @@ def setup_environment(root: Path, size_mb: int) -> None:
 
 
 def make_log(job_id: str, size_mb: int) -> int:
+    from builds.joblog import writer
     from builds.models import Job
-    from builds.services import logs
 
     Job.objects.create(id=job_id, project_id="bench", user_id="bench", source_info={}, request_fingerprint="-",
                        status="building")
@@ -68,7 +68,7 @@ def make_log(job_id: str, size_mb: int) -> int:
     chunk = line * (CHUNK_BYTES // len(line))
     end = 0
     while end < size_mb * 1024 * 1024:
-        end = logs.append_chunk(job_id, chunk)
+        end = writer.append_chunk(job_id, chunk)
     return end
 
 
@@ -181,7 +181,7 @@ async def many_followers(web, job_id: str, n: int) -> dict:
     import httpx
     from asgiref.sync import sync_to_async
 
-    from builds.services import logs
+    from builds.joblog import writer
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     base = f"{web.url}/api/v1/jobs/{job_id}/logs"
@@ -201,7 +201,7 @@ async def many_followers(web, job_id: str, n: int) -> dict:
         await asyncio.sleep(2)  # settle: every follower has had its first read
         figures.update(worker_figures(web))
         written = time.monotonic()
-        await sync_to_async(logs.append_text)(job_id, marker.decode())
+        await sync_to_async(writer.append_text)(job_id, marker.decode())
         while len(seen) < figures["ok"] and time.monotonic() - written < 60:
             await asyncio.sleep(0.01)
         figures["fan_out_s"] = (max(seen) - written) if seen else float("nan")
@@ -217,7 +217,7 @@ def before_tree(rev: str, root: Path) -> Path | None:
     if rev == "none":
         return None
     if rev == "auto":
-        found = subprocess.run(["git", "log", "--format=%H", "-S", "class LogFeed", "--", "builds/services/follow.py"],
+        found = subprocess.run(["git", "log", "--format=%H", "-S", "class LogFeed", "--", "builds/joblog/reader.py"],
                                cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
         if not found:
             return None
@@ -230,15 +230,15 @@ def before_tree(rev: str, root: Path) -> Path | None:
 
 
 def run_many(root: Path, n: int, before: str) -> None:
+    from builds.joblog import writer
     from builds.models import Job
-    from builds.services import logs
     from tests.support import webserver
 
     job_id = f"bench-many-{time.time_ns()}"
     Job.objects.create(id=job_id, project_id="bench", user_id="bench", source_info={}, request_fingerprint="-",
                        status="building")
     for i in range(200):
-        logs.append_text(job_id, f"#7 {i:.3f} step output line {i}")
+        writer.append_text(job_id, f"#7 {i:.3f} step output line {i}")
     variants = [("now", REPO_ROOT)]
     tree = before_tree(before, root)
     if tree is not None:

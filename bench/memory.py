@@ -5,7 +5,7 @@ in the same run: `before` is `--memory-before REV`'s checkout (extracted with gi
 without it this checkout with bench/procfiles/before.Procfile (web with two workers, a prefork
 build worker, a prefork maintenance worker, a separate beat); `after` is this checkout. For each: PSS (proportional set size, /proc/PID/smaps_rollup: shared pages
 are split among the processes that share them, so the sum is what the set costs) of every
-process of the instance, launchers included (scripts/run's shell, hubfly.localservices,
+process of the instance, launchers included (scripts/run's shell, infra.localservices,
 honcho and its shells), after a quiet period; then the peak of the sum while 8 clients create
 jobs and 8 clients read them (apiload's clients), with the workers running.
 
@@ -69,8 +69,8 @@ def role(pid: int, line: str) -> str | None:
         parent = ""
     if "scripts/run" in line:
         return "launcher: scripts/run (bash)"
-    if "hubfly.localservices" in line:
-        return "launcher: hubfly.localservices"
+    if "infra.localservices" in line:
+        return "launcher: infra.localservices"
     if "honcho" in line:
         return "launcher: honcho"
     if line.startswith(("/bin/sh", "sh ")):

@@ -288,7 +288,7 @@ class Infra:
     procs: list = field(default_factory=list)
 
     def start(self, base_images: bool) -> dict:
-        from hubfly import localservices
+        from infra import localservices
 
         self.root.mkdir(parents=True, exist_ok=True)
         log_dir = self.root / "log"
@@ -321,7 +321,7 @@ class Infra:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
 
     def stop(self) -> None:
-        from hubfly import localservices
+        from infra import localservices
 
         for proc in reversed(self.procs):
             localservices.stop(proc)

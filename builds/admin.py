@@ -20,10 +20,13 @@ from django.utils.html import format_html, format_html_join
 from rest_framework.exceptions import ValidationError
 
 from builds import errors, presentation
-from builds.errors import UserError
+from builds.api import logstream
 from builds.api.errors import first_message
+from builds.errors import UserError
+from builds.joblog import reader, writer
 from builds.models import FINAL_STATUSES, CallbackAttempt, CallbackEvent, Job, TenantLimit
-from builds.services import callbacks, follow, jobs, lifecycle, logs, queue, rebuild, submit
+from builds.services import callbacks, jobs, rebuild, submit
+from builds.services.state import lifecycle, queue
 
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -213,7 +216,7 @@ class JobAdmin(admin.ModelAdmin):
         job = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
         if job is not None:
-            text, start, end = follow.log_tail(job.id, LOG_TAIL_BYTES)
+            text, start, end = reader.log_tail(job.id, LOG_TAIL_BYTES)
             pk = quote(job.pk)
             context.update(
                 job=job,
@@ -256,7 +259,7 @@ class JobAdmin(admin.ModelAdmin):
         offset = int(raw) if raw.isdigit() else 0
         # Status before the bytes: whatever was written before the job ended is in this read.
         state = Job.objects.filter(pk=job.pk).values("status", "progress").first() or {}
-        pieces, position = follow.read_batch(job.id, offset)
+        pieces, position = reader.read_batch(job.id, offset)
         return JsonResponse({
             "data": b"".join(pieces).decode("utf-8", "replace"),
             "offset": position,
@@ -267,8 +270,8 @@ class JobAdmin(admin.ModelAdmin):
 
     def log_download_view(self, request, object_id):
         job = self._job_for(request, object_id)
-        cursor = follow.LogCursor(job.id, 0, end=logs.log_end(job.id))
-        response = follow.LogStreamingResponse(cursor, content_type="text/plain; charset=utf-8")
+        cursor = reader.LogCursor(job.id, 0, end=writer.log_end(job.id))
+        response = logstream.LogStreamingResponse(cursor, content_type="text/plain; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{job.id}.log"'
         return response
 

@@ -9,4 +9,4 @@ class BuildsConfig(AppConfig):
         # The Celery app before any task is published: shared_task binds to the current app.
         import hubfly.celery  # noqa: F401
 
-        from . import signals  # noqa: F401  (worker start-up hooks)
+        from . import workerstart  # noqa: F401  (worker start-up hooks)

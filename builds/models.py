@@ -78,7 +78,7 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["status", "enqueued_at"]),
-            # The fair pick (builds.services.queue): a tenant's waiting jobs in order, and when a
+            # The fair pick (builds.services.state.queue): a tenant's waiting jobs in order, and when a
             # tenant was last served.
             models.Index(fields=["status", "user_id", "project_id", "-priority", "created_at", "enqueued_at",
                                  "cancel_requested_at"], name="job_queue_order"),

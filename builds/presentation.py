@@ -1,10 +1,15 @@
-"""A job as the service shows it, written once: the API's answer (`job_json`, documented by
-`builds/api/schema.py`'s JobOutput, which a test keeps equal to it) and the webhook's body, a
-documented subset of the same fields (`CALLBACK_FIELDS`; the OpenAPI schema's JobOutcome)."""
+"""A job as the service shows it, written once: the API's answer (`job_json`) and the webhook's
+body, a documented subset of the same fields (`outcome_json`, `CALLBACK_FIELDS`).
+
+The API's views render them through builds/api/schema.py's JobOutput and JobOutcomeOutput, the
+classes the OpenAPI schema is made from (a test keeps their fields equal to what is written
+here); the lean reads (builds/api/reads.py) and the worker's webhook, which load no DRF, call
+these functions directly."""
 
 from builds import errors
+from builds.joblog import masking
 from builds.models import PRIORITY_NAMES, Job, Status
-from builds.services import logs, queue
+from builds.services.state import queue
 
 # The fields of a job the outcome webhook posts, in the API's order.
 CALLBACK_FIELDS = (
@@ -21,7 +26,7 @@ def iso(value) -> str | None:
 def masked_source_info(job: Job) -> dict:
     info = dict(job.source_info or {})
     if "gitRepository" in info:
-        info["gitRepository"] = logs.mask_url_credentials(info["gitRepository"])
+        info["gitRepository"] = masking.mask_url_credentials(info["gitRepository"])
     return info
 
 
@@ -29,8 +34,8 @@ def masked_build_config(job: Job) -> dict:
     config = dict(job.build_config or {})
     secret_keys = config.get("secrets") or []
     if config.get("env") or secret_keys:
-        shown = {k: (logs.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
-        config["env"] = {**shown, **{k: logs.MASK for k in secret_keys}}
+        shown = {k: (masking.MASK if k in secret_keys else v) for k, v in (config.get("env") or {}).items()}
+        config["env"] = {**shown, **{k: masking.MASK for k in secret_keys}}
     return config
 
 

@@ -3,9 +3,9 @@ lean paths and its DRF path), one page of it as the API shows it, the running jo
 
 from django.db.models import QuerySet
 
-from builds.models import ACTIVE_STATUSES, PRIORITIES, Job, Status
 from builds import presentation
-from builds.services import queue
+from builds.models import ACTIVE_STATUSES, PRIORITIES, Job, Status
+from builds.services.state import queue
 
 
 class FilterRefused(ValueError):

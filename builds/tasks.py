@@ -4,7 +4,9 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
-from builds.services import callbacks, dbfaults, housekeeping, pipeline, reaper
+from builds.services import callbacks, pipeline
+from builds.services.operations import dbfaults, housekeeping
+from builds.services.state import reaper
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)

@@ -1,6 +1,7 @@
-"""Django project wiring for hubfly-builder. The Celery app (hubfly.celery) is loaded when
-Django starts (builds.apps), not on import of this package: hubfly.localservices and the web
-server's master process use the package without Django or Celery."""
+"""Django project wiring for hubfly-builder: settings, URLs, the ASGI/WSGI applications, the
+Celery app and the processes' entry points and configuration. The Celery app (hubfly.celery)
+is loaded when Django starts (builds.apps), not on import of this package: the web server's
+master process uses the package without Django or Celery."""
 
 
 def __getattr__(name):

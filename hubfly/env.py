@@ -76,6 +76,11 @@ def env_bool(name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def env_passed(*names: str) -> dict[str, str]:
+    """The variables among `names` that are set, as they are: handed on to child processes."""
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 def env_list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
 

@@ -12,9 +12,11 @@ from hubfly.logformat import logging_config
 
 # whitenoise serves the admin's and the API docs' static files as sync file responses, which
 # Django's ASGI handler reads whole (they are small) and warns about on every request. The
-# large responses, the logs, stream asynchronously (builds.services.follow).
+# large responses, the logs, stream asynchronously (builds.joblog.reader).
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
+# Read here as hubfly/settings.py reads them: gunicorn's master process loads this file and never
+# Django's settings (importing them would cost it about 7 MiB).
 logconfig_dict = logging_config(os.environ.get("LOG_FORMAT", "plain").lower(), os.environ.get("LOG_LEVEL", "INFO"))
 # gunicorn 27's runtime control socket has one default path per user: two web processes on one
 # host (the scale-out layout) would fight over it, and nothing here uses it.
@@ -23,6 +25,6 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     # gunicorn reads this file before Django is set up; the worker has set it up by now.
-    from builds.services import dispatch
+    from builds.services.state import dispatch
 
     dispatch.warm_up()

@@ -17,7 +17,7 @@ def failing(names: list[str]) -> str | None:
     # Django is set up by main(), after the command line is read; these need it.
     from django.db import connection
 
-    from builds.services import health
+    from builds.services.operations import health
 
     results = health.checks()
     connection.close()

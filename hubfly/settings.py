@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from .env import ConfigError, env_bool, env_bytes, env_float, env_int, env_list, env_str, sqlite_path
+from .env import ConfigError, env_bool, env_bytes, env_float, env_int, env_list, env_passed, env_str, sqlite_path
 from .logformat import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ API_LEAN_READS = env_bool("API_LEAN_READS", True)
 # Celery's lines about periodic tasks that found nothing to do (hubfly.logformat.QuietPeriodicTasks).
 LOG_IDLE_PERIODIC_TASKS = env_bool("LOG_IDLE_PERIODIC_TASKS", False)
 # Live log followers one web process serves at once (more get 429); they share one reader per
-# job and hold no thread or database connection each (builds.services.follow).
+# job and hold no thread or database connection each (builds.joblog.reader).
 MAX_LOG_FOLLOWERS = env_int("MAX_LOG_FOLLOWERS", 500, minimum=1)
 # /readyz and /metrics answer from values refreshed at most this often, in the background.
 PROBE_REFRESH_SECONDS = env_float("PROBE_REFRESH_SECONDS", 5.0, minimum=0.1)
@@ -213,22 +213,25 @@ if "://" in REGISTRY_URL:
     raise ConfigError(f"REGISTRY_URL is a host[:port], without a scheme; got {REGISTRY_URL!r}")
 REGISTRY_INSECURE = env_bool("REGISTRY_INSECURE", False)
 # Credentials the builder pushes (and pulls) with. Without them, a local registry started by
-# hubfly.localservices generated a pair into DATA_DIR; an operator's own docker config file is
+# infra.localservices generated a pair into DATA_DIR; an operator's own docker config file is
 # used as it is (DOCKER_CONFIG, a directory holding config.json).
 REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
+# The operator's docker config directory (its config.json), read for registry credentials when
+# REGISTRY_USERNAME is not set.
+DOCKER_CONFIG = Path(env_str("DOCKER_CONFIG") or Path.home() / ".docker")
 REGISTRY_PASSWORD = env_str("REGISTRY_PASSWORD")
 if bool(REGISTRY_USERNAME) != bool(REGISTRY_PASSWORD):
     raise ConfigError("REGISTRY_USERNAME and REGISTRY_PASSWORD must be set together")
 if not REGISTRY_USERNAME and (DATA_DIR / "registry-credentials").exists():
     REGISTRY_USERNAME, _, REGISTRY_PASSWORD = (DATA_DIR / "registry-credentials").read_text().strip().partition(":")
-# The network of RUN steps (hubfly.buildnet): "bridge" (a namespace of its own per step, public
+# The network of RUN steps (infra.buildnet): "bridge" (a namespace of its own per step, public
 # egress only) or "none" (no egress at all, for every build). BUILD_EGRESS_ALLOW opens
 # exceptions: CIDRs, addresses or host:port, comma-separated.
 BUILD_NETWORK = env_str("BUILD_NETWORK", "bridge").lower()
 if BUILD_NETWORK not in ("bridge", "none"):
     raise ConfigError(f"BUILD_NETWORK must be bridge or none; got {BUILD_NETWORK!r}")
 try:
-    from hubfly.buildnet import NetworkError as _NetworkError, parse_allow as _parse_allow
+    from infra.buildnet import NetworkError as _NetworkError, parse_allow as _parse_allow
 
     BUILD_EGRESS_ALLOW = _parse_allow(env_str("BUILD_EGRESS_ALLOW"))
 except _NetworkError as exc:
@@ -236,6 +239,12 @@ except _NetworkError as exc:
 BUILDKIT_ADDR = env_str("BUILDKIT_ADDR", "unix:///run/buildkit/buildkitd.sock")
 BUILDCTL_BIN = env_str("BUILDCTL_BIN", "buildctl")
 GIT_BIN = env_str("GIT_BIN", "git")
+# What git and buildctl get of the service's own environment, as it is (each takes the names it
+# needs, builds/services/steps/fetch.py and buildkit.py; nothing else of it reaches them).
+INHERITED_ENV = env_passed(
+    "PATH", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "DOCKER_CONFIG", "BUILDKIT_HOST",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+)
 CALLBACK_URL = env_str("CALLBACK_URL")
 CALLBACK_SECRET = env_str("CALLBACK_SECRET")
 CALLBACK_TIMEOUT_SECONDS = env_float("CALLBACK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
@@ -251,7 +260,7 @@ CALLBACK_ALLOWED_HOSTS = [h.lower() for h in env_list("CALLBACK_ALLOWED_HOSTS")]
 MAX_CONCURRENT_BUILDS = env_int("MAX_CONCURRENT_BUILDS", 3, minimum=1, maximum=64)
 MAX_RETRIES = env_int("MAX_RETRIES", 3, minimum=0, maximum=20)
 # Builds one user / one project may run at once across all workers (0: no limit); overrides per
-# user or project in LIMITS_FILE and in the admin (builds.services.queue).
+# user or project in LIMITS_FILE and in the admin (builds.services.state.queue).
 MAX_BUILDS_PER_USER = env_int("MAX_BUILDS_PER_USER", 0, minimum=0)
 MAX_BUILDS_PER_PROJECT = env_int("MAX_BUILDS_PER_PROJECT", 0, minimum=0)
 LIMITS_FILE = Path(env_str("LIMITS_FILE", str(BASE_DIR / "configs/limits.json")))

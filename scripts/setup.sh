@@ -11,7 +11,7 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
 # iptables, iproute2 and the CNI plugins give every RUN step a network of its own with our egress
-# policy (hubfly/buildnet.py).
+# policy (infra/buildnet.py).
 needs="git:git runc:runc docker-registry:docker-registry curl:curl iptables:iptables ip:iproute2 \
   /usr/lib/cni/bridge:containernetworking-plugins"
 # Tests also make base images (debootstrap), run the scale-out suite on PostgreSQL + Redis and

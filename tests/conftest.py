@@ -48,7 +48,7 @@ def receiver():
 def infra():
     """A registry and a buildkitd (whose docker.io mirror is that registry) with base images.
     Registry storage and BuildKit's cache persist in CACHE_DIR so reruns are quick."""
-    from hubfly import localservices
+    from infra import localservices
     from tests.support.baseimages import ensure_base_images
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)

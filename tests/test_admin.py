@@ -10,8 +10,10 @@ import httpx
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 
+from builds.joblog import reader, writer
 from builds.models import Job
-from builds.services import lifecycle, logs, rebuild
+from builds.services import rebuild
+from builds.services.state import lifecycle
 from tests.conftest import ARTIFACTS, TEST_ROOT, wait_for
 from tests.support.browser import chromium
 from tests.support.jobs import new_id, submit, wait_final
@@ -69,7 +71,7 @@ def test_operator_filters_follows_the_live_log_cancels_and_rebuilds(api, web, wo
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     finished = Job.objects.create(id=new_id("old"), project_id="demo-project", user_id="tester", source_info={},
                                   request_fingerprint="-", status="failed", error_code="BUILD_STEP_FAILED")
-    logs.append_text(finished.id, "an old build")
+    writer.append_text(finished.id, "an old build")
     repo = git_server.repo(new_id("admin"))
     # Long enough that the cancel below certainly interrupts it.
     repo.commit({"Dockerfile": slow_lines(30)})
@@ -131,13 +133,13 @@ def test_operator_filters_follows_the_live_log_cancels_and_rebuilds(api, web, wo
 
 
 def logs_text(job_id: str) -> str:
-    return b"".join(logs.read_from(job_id, 0, logs.log_end(job_id))).decode()
+    return b"".join(reader.read_from(job_id, 0, writer.log_end(job_id))).decode()
 
 
 def test_read_only_group_can_browse_but_not_cancel_or_rebuild(web, viewer):
     job = Job.objects.create(id=new_id("ro"), project_id="p", user_id="u", source_info={"gitRepository": "https://x/y.git"},
                              request_fingerprint="-", status="pending")
-    logs.append_text(job.id, "waiting")
+    writer.append_text(job.id, "waiting")
     with chromium() as browser:
         page = log_in(browser, web, "viewer")
         assert job.id in page.locator("#result_list tbody th a").all_inner_texts()
@@ -160,7 +162,7 @@ def pending_job(job_id: str) -> Job:
     job = Job.objects.create(id=job_id, project_id="p", user_id="u", request_fingerprint="-", status="pending",
                              source_info={"gitRepository": "http://127.0.0.1:9/app.git", "ref": "main"},
                              build_config={"timeoutSeconds": 60})
-    logs.append_text(job.id, "waiting")
+    writer.append_text(job.id, "waiting")
     return job
 
 

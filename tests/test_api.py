@@ -5,8 +5,8 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
+from builds.joblog import writer
 from builds.models import Job
-from builds.services import logs
 
 pytestmark = pytest.mark.django_db
 
@@ -224,7 +224,7 @@ def test_log_is_read_from_an_offset(api):
     assert "job accepted" in text and text.startswith("[20")
     offset = int(first["X-Log-Offset"])
     assert offset == len(text.encode())
-    logs.append_text("job-1", "second line")
+    writer.append_text("job-1", "second line")
     rest = api.get(f"/api/v1/jobs/job-1/logs?offset={offset}")
     assert b"".join(rest.streaming_content).decode().endswith("] second line\n")
     assert int(rest["X-Log-Offset"]) > offset

@@ -20,7 +20,7 @@ import pytest
 from django.test import override_settings
 
 from builds import errors
-from builds.services import buildkit
+from builds.services.steps import buildkit
 from tests.conftest import CACHE_DIR, REGISTRY_ADDR, Worker
 from tests.support import registry
 from tests.support.baseimages import ensure_base_images

@@ -119,7 +119,7 @@ def test_a_waiting_consumer_gets_a_message_long_before_its_next_poll(tmp_path):
 def test_warm_up_connects_once_and_survives_a_broker_that_does_not_answer():
     from celery import Celery
 
-    from builds.services import dispatch
+    from builds.services.state import dispatch
 
     assert dispatch.warm_up() is True
     with socket.socket() as probe:

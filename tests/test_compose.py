@@ -57,7 +57,7 @@ def test_builds_in_compose_run_contained_and_the_registry_wants_credentials():
     buildkitd = services["buildkitd"]
     dockerfile = (ROOT / buildkitd["build"]["dockerfile"]).read_text()
     assert "containernetworking-plugins" in dockerfile and "iptables" in dockerfile
-    assert "hubfly/buildnet.py" in dockerfile and (ROOT / "configs" / "buildkitd-entrypoint.sh").is_file()
+    assert "infra/buildnet.py" in dockerfile and (ROOT / "configs" / "buildkitd-entrypoint.sh").is_file()
     config = (ROOT / "configs" / "buildkitd.toml").read_text()
     assert 'networkMode = "cni"' in config and "/var/lib/buildkit/buildnet/cni.conflist" in config
     entrypoint = (ROOT / "configs" / "buildkitd-entrypoint.sh").read_text()
@@ -116,7 +116,7 @@ def test_an_empty_broker_url_from_compose_means_the_sqlite_default(tmp_path):
 
 
 def test_a_process_without_buildkitd_leaves_it_out_of_readyz(tmp_path):
-    code = "from builds.services import health; print(sorted(health.checks()))"
+    code = "from builds.services.operations import health; print(sorted(health.checks()))"
     env = {"DATA_DIR": str(tmp_path), "BUILDKIT_ADDR": f"unix://{tmp_path}/none.sock"}
     without = _settings_in_a_fresh_process({**env, "PROBE_BUILDKIT": "false"}, code)
     assert without == str(["broker", "database", "registry"])

@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from builds.joblog import masking, reader, writer
 from builds.models import Job
-from builds.services import logs
 from tests.conftest import wait_for
 from tests.support.jobs import log_text, new_id, submit, wait_final
 from tests.test_recovery import BASE, BuildctlWatch, wait_building
@@ -112,21 +112,21 @@ def test_log_lines_wait_for_a_locked_database_within_a_bounded_buffer(monkeypatc
     past its buffer's size the oldest give way to the newest, with a marker."""
     job = Job.objects.create(id=new_id("buffer"), project_id="faults", user_id="tester",
                              source_info={"gitRepository": "http://127.0.0.1:9/none.git"}, request_fingerprint="t")
-    monkeypatch.setattr(logs.LogWriter, "MAX_BUFFER_BYTES", 20_000, raising=False)
-    writer = logs.LogWriter(job.id, logs.Masker())
-    writer.line("before the lock")
-    writer.flush()
+    monkeypatch.setattr(writer.LogWriter, "MAX_BUFFER_BYTES", 20_000, raising=False)
+    log = writer.LogWriter(job.id, masking.Masker())
+    log.line("before the lock")
+    log.flush()
     with database_locked():
         started = time.monotonic()
         for index in range(1000):
-            writer.line(f"line {index:04d} " + "x" * 40)
+            log.line(f"line {index:04d} " + "x" * 40)
             if index % 100 == 0:
-                time.sleep(writer.FLUSH_SECONDS)
-                writer.tick()  # fails at once (a short wait), keeps the lines
+                time.sleep(log.FLUSH_SECONDS)
+                log.tick()  # fails at once (a short wait), keeps the lines
         assert time.monotonic() - started < 15
-        assert logs.log_end(job.id) == len(b"".join(logs.read_from(job.id, 0, 10**6)))
-    writer.flush()
-    text = b"".join(logs.read_from(job.id, 0, logs.log_end(job.id))).decode()
+        assert writer.log_end(job.id) == len(b"".join(reader.read_from(job.id, 0, 10**6)))
+    log.flush()
+    text = b"".join(reader.read_from(job.id, 0, writer.log_end(job.id))).decode()
     assert text.count("\n") < 400 and "before the lock" in text
     assert "bytes of build output dropped: the database was unavailable" in text
     assert "line 0999" in text and "line 0000" not in text

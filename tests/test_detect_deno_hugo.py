@@ -8,7 +8,7 @@ import pytest
 
 from builds import errors
 from builds.errors import UserError
-from builds.services.git import resolve_submodule_url, submodules
+from builds.services.steps.fetch import resolve_submodule_url, submodules
 from tests.test_detect import plan, refusal
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from builds.joblog import writer
 from builds.models import Job
-from builds.services import logs
 from tests.conftest import API_TOKEN, TEST_ROOT, wait_for
 from tests.support.jobs import new_id
 from tests.support.webserver import WebServer
@@ -36,7 +36,7 @@ def web(django_db_setup):
 def running_job(text: str) -> str:
     job = Job.objects.create(id=new_id("limits"), project_id="p", user_id="u", source_info={},
                              request_fingerprint="-", status="building")
-    logs.append_text(job.id, text)
+    writer.append_text(job.id, text)
     return job.id
 
 
@@ -90,7 +90,7 @@ def test_followers_of_one_job_cost_no_thread_or_connection_each(web):
     followers = Followers(web, job_id, CAP)
     try:
         wait_for(lambda: len(followers.first_events) == CAP, 60, f"{CAP} followers to get the log")
-        logs.append_text(job_id, "more")  # the followers' shared reader picks it up
+        writer.append_text(job_id, "more")  # the followers' shared reader picks it up
         busy_threads, busy_files = threads(worker), open_database_files(worker)
     finally:
         followers.close()
@@ -138,7 +138,7 @@ def test_followers_sharing_a_reader_all_get_every_line_and_the_end(web):
     for thread in threads_:
         thread.start()
     for n in range(1, 30):
-        logs.append_text(job_id, f"line {n}")
+        writer.append_text(job_id, f"line {n}")
     Job.objects.filter(pk=job_id).update(status="success")
     for thread in threads_:
         thread.join(60)
@@ -153,7 +153,7 @@ def test_readers_hold_no_connection_once_the_reads_are_done():
     (the test above then saw a database file stay open)."""
     from django.db import connections
 
-    from builds.services.follow import Readers
+    from builds.joblog.reader import Readers
 
     readers, used = Readers(threads=4), {}
 

@@ -13,8 +13,8 @@ import pytest
 
 from builds import errors
 from builds.errors import UserError
-from builds.services import dockerfiles
-from builds.services.dockerfiles import check_frontend, frontend_references, normalised_repository
+from builds.services.steps import dockerfile_choice
+from builds.services.steps.dockerfile_choice import check_frontend, frontend_references, normalised_repository
 from hubfly.env import ConfigError
 from tests.support.jobs import log_text, submit, wait_final
 
@@ -142,7 +142,7 @@ def test_prepare_refuses_the_repository_dockerfile_before_handing_it_over(tmp_pa
     checkout.mkdir()
     (checkout / "Dockerfile").write_text("# syntax=evil.example/frontend:1\n" + BASE)
     with pytest.raises(UserError) as caught:
-        dockerfiles.prepare(checkout=checkout, build_config={}, working_dir="", out_dir=out, log=Log())
+        dockerfile_choice.prepare(checkout=checkout, build_config={}, working_dir="", out_dir=out, log=Log())
     assert caught.value.code == errors.FRONTEND_NOT_ALLOWED
     assert not (out / "Dockerfile").exists()
 
@@ -151,7 +151,7 @@ def test_prepare_accepts_an_allowed_frontend(tmp_path):
     checkout = tmp_path / "src"
     checkout.mkdir()
     (checkout / "Dockerfile").write_text("# syntax=docker/dockerfile:1\n" + BASE)
-    inputs = dockerfiles.prepare(checkout=checkout, build_config={}, working_dir="", out_dir=tmp_path / "out", log=Log())
+    inputs = dockerfile_choice.prepare(checkout=checkout, build_config={}, working_dir="", out_dir=tmp_path / "out", log=Log())
     assert (inputs.dockerfile_dir / "Dockerfile").read_text().startswith("# syntax=docker/dockerfile:1")
 
 
@@ -159,13 +159,13 @@ def test_prepare_checks_a_generated_dockerfile_too(tmp_path, monkeypatch):
     checkout = tmp_path / "src"
     checkout.mkdir()
     (checkout / "index.html").write_text("<p>hi</p>")
-    real_plan = dockerfiles.generate(app_dir=checkout, checkout=checkout, build_config={"isAutoBuild": True})
+    real_plan = dockerfile_choice.generate(app_dir=checkout, checkout=checkout, build_config={"isAutoBuild": True})
     tampered = real_plan.__class__(**{**real_plan.as_dict(), "warnings": (),
                                       "dockerfile": "# syntax=evil.example/frontend:1\n" + real_plan.dockerfile})
     # A stand-in generator: ours never writes a syntax line, but the check must not rely on that.
-    monkeypatch.setattr(dockerfiles, "generate", lambda **kwargs: tampered)
+    monkeypatch.setattr(dockerfile_choice, "generate", lambda **kwargs: tampered)
     with pytest.raises(UserError) as caught:
-        dockerfiles.prepare(checkout=checkout, build_config={"isAutoBuild": True}, working_dir="",
+        dockerfile_choice.prepare(checkout=checkout, build_config={"isAutoBuild": True}, working_dir="",
                             out_dir=tmp_path / "out", log=Log())
     assert caught.value.code == errors.FRONTEND_NOT_ALLOWED
 

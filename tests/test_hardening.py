@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from builds.models import Job
-from builds.services import gitsource
+from builds.services.steps import source_rules
 from tests.support.gitserver import git
 from tests.support.jobs import log_text, new_id, submit, wait_final
 
@@ -63,13 +63,13 @@ def test_no_input_to_create_gives_a_5xx_or_stores_an_invalid_job(api, body):
     job = Job.objects.get(pk=error["id"])
     for value in (job.id, job.project_id, job.user_id):
         assert ID.match(value) and set(value) != {"."}
-    repo = gitsource.parse_repository(job.source_info["gitRepository"])
-    gitsource.check_host_allowed(repo)
+    repo = source_rules.parse_repository(job.source_info["gitRepository"])
+    source_rules.check_host_allowed(repo)
     assert job.status == "pending" and not job.image_tag and job.retry_count == 0
     if job.source_info.get("ref"):
-        gitsource.validate_ref(job.source_info["ref"])
+        source_rules.validate_ref(job.source_info["ref"])
     if job.source_info.get("commitSha"):
-        gitsource.validate_commit(job.source_info["commitSha"])
+        source_rules.validate_commit(job.source_info["commitSha"])
 
 
 BASE = "FROM debian:bookworm-slim\n"

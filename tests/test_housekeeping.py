@@ -10,8 +10,11 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from builds.joblog import masking, reader, writer
 from builds.models import Job, LogChunk
-from builds.services import housekeeping, logs, naming, reaper
+from builds.services.operations import housekeeping
+from builds.services.state import reaper
+from builds.services.steps import naming
 
 pytestmark = pytest.mark.django_db
 
@@ -27,10 +30,10 @@ def test_logs_of_jobs_finished_longer_ago_than_the_retention_are_deleted():
     recent = make_job("recent", status="failed", finished_at=timezone.now() - timedelta(days=1))
     running = make_job("running", status="building")
     for job in (old, recent, running):
-        logs.append_text(job.id, "a line")
+        writer.append_text(job.id, "a line")
     housekeeping.prune_logs()
-    assert not logs.log_exists("old")
-    assert logs.log_exists("recent") and logs.log_exists("running")
+    assert not reader.log_exists("old")
+    assert reader.log_exists("recent") and reader.log_exists("running")
     housekeeping.prune_logs()  # safe to run twice
 
 
@@ -52,7 +55,7 @@ def test_logs_are_pruned_in_batches_that_hold_the_write_lock_briefly():
 
     with connection.execute_wrapper(count_deletes):
         assert housekeeping.prune_logs() == 1300
-    assert not logs.log_exists("old-many")
+    assert not reader.log_exists("old-many")
     assert len(deleted_per_statement) == 3 and max(deleted_per_statement) <= 500, deleted_per_statement
 
 
@@ -97,19 +100,19 @@ def test_an_over_long_log_keeps_its_head_and_tail_with_a_marker(settings):
     make_job("big")
     chunk = b"x" * 1023 + b"\n"
     for index in range(200):
-        logs.append_chunk("big", chunk.replace(b"x", str(index % 10).encode(), 1))
-    end = logs.log_end("big")
+        writer.append_chunk("big", chunk.replace(b"x", str(index % 10).encode(), 1))
+    end = writer.log_end("big")
     assert end == 200 * 1024
     stored = sum(len(bytes(d)) for d in LogChunk.objects.filter(job_id="big").values_list("data", flat=True))
     assert stored <= settings.LOG_MAX_BYTES + 1024
-    text = b"".join(logs.read_from("big", 0, end))
+    text = b"".join(reader.read_from("big", 0, end))
     assert text.startswith(b"0" + b"x" * 1022)
     assert b"bytes of log omitted" in text
     assert text.endswith(b"9" + b"x" * 1022 + b"\n")
 
 
 def test_masker_hides_secrets_and_url_credentials():
-    masker = logs.Masker(["hunter22", "ab"])
+    masker = masking.Masker(["hunter22", "ab"])
     line = masker("token hunter22 at https://deploy:pw@git.example.invalid/x.git ab")
     assert "hunter22" not in line and "pw@" not in line and "***@git.example.invalid" in line
     assert line.endswith(" ab")  # values shorter than 3 characters would mask everything

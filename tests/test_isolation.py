@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from builds.models import Job
-from hubfly import buildnet, localservices
+from infra import buildnet, localservices
 from tests.conftest import wait_for
 from tests.support import registry
 from tests.support.jobs import log_text, new_id, submit, wait_final
@@ -334,7 +334,7 @@ def test_denied_ranges_cover_what_the_issue_lists():
 
 @pytest.mark.e2e
 def test_readiness_reports_whether_builds_are_isolated(infra, tmp_path, settings):
-    from builds.services import health
+    from builds.services.operations import health
 
     assert health.checks()["buildNetwork"] == "ok"
     addr = f"unix://{tmp_path}/bk/buildkitd.sock"
@@ -358,7 +358,7 @@ def test_readiness_reports_whether_builds_are_isolated(infra, tmp_path, settings
     ("FROM 127.0.0.1:5999/someone/else:1\n", False),  # not our registry: the policy keeps it denied
 ])
 def test_add_sources_are_checked_before_the_build(dockerfile, refused, settings):
-    from builds.services import egress
+    from builds.services.steps import egress
 
     settings.BUILD_EGRESS_ALLOW = []
     check = egress.check_dockerfile(dockerfile, build_args={}, network_none=False,
@@ -367,7 +367,7 @@ def test_add_sources_are_checked_before_the_build(dockerfile, refused, settings)
 
 
 def test_the_source_policy_denies_first_and_allows_back_what_was_checked(settings):
-    from builds.services import egress
+    from builds.services.steps import egress
 
     settings.BUILD_EGRESS_ALLOW = buildnet.parse_allow("10.9.9.9:3128")
     own = f"{settings.REGISTRY_URL}/tester/demo-project"

@@ -1,4 +1,4 @@
-"""The state machine itself (builds/services/lifecycle.py), without a worker: its table is the
+"""The state machine itself (builds/services/state/lifecycle.py), without a worker: its table is the
 one the code uses and the one docs/architecture.md shows, only lifecycle writes `status`, a
 second claim loses, and a write under a lease that is no longer the job's changes nothing."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from builds import errors
 from builds.models import Job, Status
-from builds.services import lifecycle
+from builds.services.state import lifecycle
 from tests.support.jobs import new_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def test_only_lifecycle_writes_a_jobs_status():
             continue
         if lines := _status_writes(path):
             writers[str(path.relative_to(REPO_ROOT))] = lines
-    assert list(writers) == ["builds/services/lifecycle.py"], writers
+    assert list(writers) == ["builds/services/state/lifecycle.py"], writers
 
 
 @pytest.mark.django_db

@@ -16,7 +16,8 @@ from django.conf import settings
 from django.db.models.functions import Now
 
 from builds.models import Job
-from builds.services import lifecycle, naming, reaper
+from builds.services.state import lifecycle, reaper
+from builds.services.steps import naming
 from tests.conftest import API_TOKEN, TEST_ROOT, wait_for
 from tests.support.jobs import log_text, new_id, submit, wait_final
 from tests.support.webserver import WebServer

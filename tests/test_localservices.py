@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfly import localservices
+from infra import localservices
 from tests.support import baseimages, registry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_up_command_runs_until_sigterm_and_stops_what_it_started(tmp_path):
     registry_addr = f"127.0.0.1:{free_port()}"
     buildkit_addr = f"unix://{tmp_path}/run/buildkitd.sock"
     argv = [
-        sys.executable, "-m", "hubfly.localservices", "up", "--data-dir", str(tmp_path / "data"),
+        sys.executable, "-m", "infra.localservices", "up", "--data-dir", str(tmp_path / "data"),
         "--log-dir", str(tmp_path / "log"), "--registry", registry_addr, "--buildkit-addr", buildkit_addr,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -218,7 +218,7 @@ def test_registry_auth_writes_an_htpasswd_for_the_generated_credentials(tmp_path
 
     env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")}
     htpasswd = tmp_path / "auth" / "htpasswd"
-    argv = [sys.executable, "-m", "hubfly.localservices", "registry-auth", "--data-dir", str(tmp_path / "data"),
+    argv = [sys.executable, "-m", "infra.localservices", "registry-auth", "--data-dir", str(tmp_path / "data"),
             "--htpasswd", str(htpasswd)]
     subprocess.run(argv, cwd=REPO_ROOT, env=env, check=True)
     credentials = (tmp_path / "data" / "registry-credentials")
@@ -234,7 +234,7 @@ def test_registry_auth_writes_an_htpasswd_for_the_generated_credentials(tmp_path
 def test_localservices_loads_neither_django_nor_celery():
     """It waits beside the service for as long as the service runs (scripts/run): the Celery app
     the hubfly package used to load on import was ~15 MB of it."""
-    probe = "import sys, hubfly.localservices; print(sorted({'django', 'celery', 'kombu'} & set(sys.modules)))"
+    probe = "import sys, infra.localservices; print(sorted({'django', 'celery', 'kombu'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "hubfly.settings"})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -243,10 +243,10 @@ def test_localservices_loads_neither_django_nor_celery():
 def test_the_compose_buildkitd_config_is_the_one_the_local_buildkitd_gets():
     """One buildkitd configuration: configs/buildkitd.toml is buildkitd_config's output for the
     compose network, and differs from a local buildkitd's only in paths and the registry."""
-    made = subprocess.run([sys.executable, "-m", "hubfly.localservices", "buildkitd-config"],
+    made = subprocess.run([sys.executable, "-m", "infra.localservices", "buildkitd-config"],
                           capture_output=True, text=True, check=True).stdout
     assert made == localservices.COMPOSE_BUILDKITD_CONFIG.read_text(), (
-        "configs/buildkitd.toml is not current: python -m hubfly.localservices buildkitd-config > configs/buildkitd.toml")
+        "configs/buildkitd.toml is not current: python -m infra.localservices buildkitd-config > configs/buildkitd.toml")
     local = localservices.buildkitd_config("127.0.0.1:5000", root=Path("/tmp/root"), mirror=False,
                                            cni=("/tmp/cni.conflist", "/tmp/cni"))
     assert _settings_of(made) == _settings_of(local)

@@ -10,8 +10,8 @@ import uuid
 import httpx
 import pytest
 
+from builds.joblog import writer
 from builds.models import Job, LogChunk
-from builds.services import logs
 from tests.conftest import API_TOKEN, TEST_ROOT, wait_for
 from tests.support.jobs import new_id, submit, wait_final
 from tests.support.webserver import WebServer
@@ -141,7 +141,7 @@ def test_followers_never_block_other_requests(web):
     job_id = make_job()
     line = b"[2026-01-01T00:00:00.000Z] " + b"x" * 1000 + b"\n"
     for _ in range(64):
-        logs.append_chunk(job_id, line * 64)
+        writer.append_chunk(job_id, line * 64)
     stop = threading.Event()
     opened = []
 
@@ -169,22 +169,22 @@ def test_followers_never_block_other_requests(web):
 
 def test_plain_request_keeps_offset_semantics(web):
     job_id = make_job("success")
-    end = logs.append_text(job_id, "first line")
-    logs.append_text(job_id, "second line")
+    end = writer.append_text(job_id, "first line")
+    writer.append_text(job_id, "second line")
     response = httpx.get(f"{web.url}/api/v1/jobs/{job_id}/logs?offset={end}", headers=AUTH, timeout=10)
     assert response.status_code == 200
-    assert response.headers["x-log-offset"] == str(logs.log_end(job_id))
+    assert response.headers["x-log-offset"] == str(writer.log_end(job_id))
     assert response.text.endswith("] second line\n") and "first line" not in response.text
 
 
 def test_follow_of_a_finished_job_returns_the_rest_and_ends(web):
     job_id = make_job("failed")
-    logs.append_text(job_id, "one\ntwo")
+    writer.append_text(job_id, "one\ntwo")
     with httpx.stream("GET", f"{web.url}/api/v1/jobs/{job_id}/logs", headers={**EVENTS, "Last-Event-ID": "0"},
                       timeout=10) as response:
         events = read_events(response)
     assert [e[0] for e in events] == ["message", "end"]
-    assert events[0][1] == str(logs.log_end(job_id)) and events[0][2].endswith("] two")
+    assert events[0][1] == str(writer.log_end(job_id)) and events[0][2].endswith("] two")
     assert '"status": "failed"' in events[1][2]
 
 
@@ -192,7 +192,7 @@ def test_events_cover_a_trimmed_log_with_one_gap_marker(web, settings):
     """The middle of an over-long log is deleted; a follower gets a marker and correct offsets."""
     job_id = make_job("success")
     for i in range(6):
-        logs.append_chunk(job_id, f"chunk {i}\n".encode() * 100)
+        writer.append_chunk(job_id, f"chunk {i}\n".encode() * 100)
     size = len(b"chunk 0\n" * 100)
     LogChunk.objects.filter(job_id=job_id, offset__in=[2 * size, 3 * size]).delete()
     with httpx.stream("GET", f"{web.url}/api/v1/jobs/{job_id}/logs?offset=5", headers=EVENTS, timeout=10) as response:
@@ -212,7 +212,7 @@ def test_events_cover_a_trimmed_log_with_one_gap_marker(web, settings):
 ])
 def test_bad_log_requests_get_json_errors(web, query, headers, status, code):
     job_id = make_job("success")
-    logs.append_text(job_id, "x")
+    writer.append_text(job_id, "x")
     response = httpx.get(f"{web.url}/api/v1/jobs/{job_id}/logs{query}", headers=headers, timeout=10)
     assert response.status_code == status
     assert response.json()["error"] == code

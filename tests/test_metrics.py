@@ -13,7 +13,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from builds.models import CallbackAttempt, CallbackEvent, Job, ServiceCounter
-from builds.services import reaper
+from builds.services.state import reaper
 from tests.conftest import TEST_ROOT, wait_for
 from tests.support.jobs import new_id
 from tests.support.webserver import WebServer

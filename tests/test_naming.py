@@ -1,7 +1,7 @@
 """Image, cache and cache-mount names: one-to-one over (userId, projectId), readable where the id
 allows, valid for a registry, and cache-mount namespaces keyed with a server-side secret.
 
-Pure unit tests over builds/services/naming.py; the pushed names are exercised end to end by the
+Pure unit tests over builds/services/steps/naming.py; the pushed names are exercised end to end by the
 build tests.
 """
 
@@ -12,7 +12,7 @@ import re
 from django.conf import settings as django_settings
 from hypothesis import given, settings, strategies as st
 
-from builds.services import naming
+from builds.services.steps import naming
 
 # The registry's repository path component (distribution/reference).
 COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")

@@ -16,8 +16,12 @@ from openapi_core.testing import MockRequest, MockResponse
 
 from django.utils import timezone
 
-from builds.models import CallbackEvent, Job
-from builds.services import logs
+from builds import errors, presentation
+from builds.api.schema import (
+    CacheOutput, FailureOutput, ImageOutput, JobOutcomeOutput, JobOutput, ProgressOutput, QueuePlaceOutput, StepOutput,
+)
+from builds.joblog import writer
+from builds.models import FINAL_STATUSES, CallbackEvent, Job, Status
 from tests.conftest import API_TOKEN, RECEIVER, REPO_ROOT, TEST_ROOT
 from tests.support.browser import chromium
 from tests.support.jobs import new_id
@@ -153,7 +157,7 @@ def test_real_responses_match_the_schema(web, spec):
         build_config={"runtime": "node", "version": "20"}, request_fingerprint="-", status="building",
         worker="host:1", commit_sha="a" * 40, image_tag="reg/u/p:x", progress={"step": 3, "total": 7, "name": "RUN npm run build"},
     )
-    logs.append_text(running, "building")
+    writer.append_text(running, "building")
     shown = call("GET", f"/api/v1/jobs/{running}", expect=200).json()
     assert shown["progress"] == {"step": 3, "total": 7, "name": "RUN npm run build"}
     assert "pw" not in shown["sourceInfo"]["gitRepository"]
@@ -230,8 +234,7 @@ def test_the_webhook_body_is_the_documented_subset_of_the_job(spec):
     it, and the schema's JobOutcome (the jobOutcome webhook's body) documents exactly those."""
     import jsonschema
 
-    from builds import errors, presentation
-    from builds.services import lifecycle
+    from builds.services.state import lifecycle
 
     job = Job.objects.create(id=new_id("outcome"), project_id="p", user_id="u", request_fingerprint="-",
                              source_info={"gitRepository": REPO}, callback_url="http://127.0.0.1:9/hook")
@@ -252,3 +255,38 @@ def test_the_webhook_body_is_the_documented_subset_of_the_job(spec):
         jsonschema.validate({**body, "status": 7}, {"$ref": "#/components/schemas/JobOutcome",
                                                     "components": spec["components"]},
                             cls=jsonschema.Draft202012Validator)
+
+
+NESTED = {"queue": QueuePlaceOutput, "failure": FailureOutput, "progress": ProgressOutput, "image": ImageOutput,
+          "cache": CacheOutput}
+
+
+def test_the_job_serializer_renders_job_json_and_declares_what_it_writes_in_every_state():
+    """One presentation: JobOutput (the schema's Job) renders through presentation.job_json, which
+    the lean reads call directly, and declares exactly the keys job_json writes, nested objects
+    included, for a job in every state; JobOutcomeOutput renders the webhook's body likewise."""
+    report = {"image": {"sizeBytes": 1, "layers": 1, "platform": "linux/amd64"},
+              "steps": [{"index": 1, "name": "[1/1] FROM debian", "startedAt": "2026-11-30T10:00:00.000Z",
+                         "seconds": 0.1, "cached": True}],
+              "cache": {"steps": 1, "cached": 1}, "phases": {"fetch": 0.1, "build": 0.2, "push": 0.3}}
+    made = {}
+    for state in Status.values:
+        job = Job.objects.create(
+            id=new_id(f"shown-{state}"), project_id="p", user_id="u", request_fingerprint="-", status=state,
+            source_info={"gitRepository": REPO}, progress={"step": 1, "total": 2, "name": "RUN make"},
+            error_code=errors.BUILD_FAILED if state == Status.FAILED else "", failure_step="RUN make",
+            report=report, started_at=timezone.now(),
+        )
+        made[state] = job
+        shown = presentation.job_json(job, {})
+        assert JobOutput(job, context={"places": {}}).data == shown, state
+        assert set(JobOutput().fields) == set(shown), state
+        for name, serializer in NESTED.items():
+            if shown[name] is not None:
+                assert set(serializer().fields) == set(shown[name]), (state, name)
+        assert [set(StepOutput().fields)] == [set(step) for step in shown["steps"]]
+        if state in FINAL_STATUSES:
+            assert JobOutcomeOutput(job).data == presentation.outcome_json(job)
+            assert list(JobOutcomeOutput().fields) == list(presentation.CALLBACK_FIELDS)
+    just_created = JobOutput(made[Status.PENDING], context={"placed": False}).data
+    assert just_created["queue"]["position"] is None and just_created["queue"]["reason"]

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from builds.models import ACTIVE_STATUSES, Job
-from builds.services import lifecycle
+from builds.services.state import lifecycle
 from tests.conftest import REPO_ROOT, TEST_ROOT, wait_for
 
 BASE = "FROM debian:bookworm-slim\nARG NONCE\n"
@@ -238,7 +238,7 @@ def wait_final_status(job_id: str) -> str:
 
 
 def test_metrics_have_the_queue_wait_histogram_per_priority(live_db):
-    from builds.services import metrics
+    from builds.services.operations import metrics
 
     body, _ = metrics.render()
     text = body.decode()

@@ -20,7 +20,7 @@ from builds import presentation
 from builds.api import reads
 from builds.api.reads import LeanReads, LoopReads
 from builds.models import Job
-from builds.services import lifecycle, queue
+from builds.services.state import lifecycle, queue
 from tests.testenv import API_TOKEN
 
 REPO = "http://127.0.0.1:9/app.git"

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from builds.models import CallbackAttempt, CallbackEvent, Job
-from hubfly import localservices
+from infra import localservices
 from tests.conftest import BUILDKIT_ADDR, REGISTRY_ADDR, TEST_ROOT, Worker, wait_for
 from tests.support.jobs import log_text, new_id, submit, wait_final
 

@@ -16,9 +16,11 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
-from builds.models import CallbackEvent, Job
 from builds import presentation
-from builds.services import housekeeping, jobs, logs
+from builds.joblog import masking, reader, writer
+from builds.models import CallbackEvent, Job
+from builds.services import jobs
+from builds.services.operations import housekeeping
 from builds.services.pipeline import BuildDirector
 from tests.conftest import REPO_ROOT
 
@@ -54,14 +56,14 @@ def raw_row(job_id: str) -> str:
 
 def test_a_secret_printed_over_several_lines_is_masked_on_every_line(db):
     Job.objects.create(id="pem", project_id="p", user_id="u", request_fingerprint="-")
-    writer = logs.LogWriter("pem", logs.Masker([PEM, "short-token"]))
-    writer.lines("cat ~/.ssh/id_ed25519\n" + PEM + "  " + PEM.splitlines()[2] + "  (indented)\ndone")
-    writer.flush()
-    text = b"".join(logs.read_from("pem", 0, logs.log_end("pem"))).decode()
+    log = writer.LogWriter("pem", masking.Masker([PEM, "short-token"]))
+    log.lines("cat ~/.ssh/id_ed25519\n" + PEM + "  " + PEM.splitlines()[2] + "  (indented)\ndone")
+    log.flush()
+    text = b"".join(reader.read_from("pem", 0, writer.log_end("pem"))).decode()
     for line in PEM.splitlines():
         assert line not in text
     assert "cat ~/.ssh/id_ed25519" in text and "done" in text and "(indented)" in text
-    assert logs.Masker([PEM])(PEM) == logs.MASK
+    assert masking.Masker([PEM])(PEM) == masking.MASK
 
 
 @pytest.mark.django_db
@@ -96,7 +98,7 @@ def test_the_build_gets_the_decrypted_values(api):
     director = BuildDirector(Job.objects.get(pk="plain"), uuid.uuid4())
     assert director.secrets == {"TOKEN": "value-one", "SSH_KEY": PEM}
     assert director.build_args == {"NODE_ENV": "production"}
-    assert director.log.masker("value-one") == logs.MASK
+    assert director.log.masker("value-one") == masking.MASK
 
 
 def key() -> str:
@@ -150,7 +152,7 @@ def test_a_worker_with_another_key_fails_the_job_clearly():
     job = Job.objects.get(pk=job_id)
     assert job.status == "failed" and job.error_code == "SECRETS_UNREADABLE" and job.retry_count == 0
     assert "SECRETS_KEY" in job.error
-    text = b"".join(logs.read_from(job_id, 0, logs.log_end(job_id))).decode()
+    text = b"".join(reader.read_from(job_id, 0, writer.log_end(job_id))).decode()
     assert "SECRETS_UNREADABLE" in text and "unreadable-value" not in text
 
 

@@ -17,7 +17,9 @@ from django.utils import timezone
 from builds import errors
 from builds.errors import TransientError
 from builds.models import Job
-from builds.services import gitsource, lifecycle, pipeline
+from builds.services import pipeline
+from builds.services.state import lifecycle
+from builds.services.steps import source_rules
 from tests.conftest import TEST_ROOT, Worker, wait_for
 from tests.support.gitserver import Repo
 from tests.support.jobs import log_text, new_id, submit, wait_final
@@ -48,23 +50,23 @@ ACCEPTED_LITERALS = ["64:ff9b::808:808", "2002:808:808::1", "2606:4700:4700::111
 @pytest.mark.parametrize("address", REFUSED_LITERALS)
 def test_ipv6_literal_carrying_or_being_an_internal_address_is_refused(settings, address):
     settings.GIT_ALLOWED_HOSTS = []
-    with pytest.raises(gitsource.SourceError, match="non-public"):
-        gitsource.check_host_allowed(gitsource.parse_repository(f"https://[{address}]/team/app.git"))
+    with pytest.raises(source_rules.SourceError, match="non-public"):
+        source_rules.check_host_allowed(source_rules.parse_repository(f"https://[{address}]/team/app.git"))
 
 
 @pytest.mark.parametrize("address", ACCEPTED_LITERALS)
 def test_ipv6_literal_carrying_a_public_address_is_accepted(settings, address):
     settings.GIT_ALLOWED_HOSTS = []
-    repo = gitsource.parse_repository(f"https://[{address}]/team/app.git")
-    assert gitsource.check_host_allowed(repo) == (address,)
+    repo = source_rules.parse_repository(f"https://[{address}]/team/app.git")
+    assert source_rules.check_host_allowed(repo) == (address,)
 
 
 def test_allowed_network_admits_the_ipv6_forms_that_carry_its_addresses(settings):
     settings.GIT_ALLOWED_HOSTS = ["10.1.0.0/16"]
     for address in ("10.1.2.3", "[::ffff:10.1.2.3]", "[64:ff9b::a01:203]", "[2002:a01:203::]"):
-        assert gitsource.check_host_allowed(gitsource.parse_repository(f"https://{address}/x.git"))
-    with pytest.raises(gitsource.SourceError):
-        gitsource.check_host_allowed(gitsource.parse_repository("https://[64:ff9b::a02:203]/x.git"))
+        assert source_rules.check_host_allowed(source_rules.parse_repository(f"https://{address}/x.git"))
+    with pytest.raises(source_rules.SourceError):
+        source_rules.check_host_allowed(source_rules.parse_repository("https://[64:ff9b::a02:203]/x.git"))
 
 
 @pytest.mark.parametrize("url", [
@@ -72,8 +74,8 @@ def test_allowed_network_admits_the_ipv6_forms_that_carry_its_addresses(settings
     "https://[fe80::1%25eth0]/x.git",
 ])
 def test_host_git_could_resolve_differently_from_the_check_is_refused(url):
-    with pytest.raises(gitsource.SourceError):
-        gitsource.parse_repository(url)
+    with pytest.raises(source_rules.SourceError):
+        source_rules.parse_repository(url)
 
 
 # --- in the worker, in-process (the resolver is the test's) ----------------------------------
@@ -120,20 +122,20 @@ def fetch_in_process(url: str) -> str:
 
 def test_submit_check_reuses_a_dns_answer_briefly_and_judges_it_anew(settings, monkeypatch):
     """A burst of creations naming one host asks DNS once; the worker's check asks again."""
-    monkeypatch.setattr(gitsource, "_resolved", {})
+    monkeypatch.setattr(source_rules, "_resolved", {})
     settings.GIT_ALLOWED_HOSTS = ["127.0.0.2"]
     asked = fake_resolver(monkeypatch, {"localhost": "127.0.0.2"}, then_real=True)
-    repo = gitsource.parse_repository("http://localhost:8418/app.git")
+    repo = source_rules.parse_repository("http://localhost:8418/app.git")
     for _ in range(3):
-        assert gitsource.check_host_allowed(repo, max_age_seconds=10) == ("127.0.0.2",)
+        assert source_rules.check_host_allowed(repo, max_age_seconds=10) == ("127.0.0.2",)
     assert asked == ["localhost"]
     settings.GIT_ALLOWED_HOSTS = []  # the rules apply to a reused answer as to a new one
-    with pytest.raises(gitsource.SourceError, match="non-public address"):
-        gitsource.check_host_allowed(repo, max_age_seconds=10)
+    with pytest.raises(source_rules.SourceError, match="non-public address"):
+        source_rules.check_host_allowed(repo, max_age_seconds=10)
     settings.GIT_ALLOWED_HOSTS = ["127.0.0.2"]
     # The worker's check (no reuse) asks again: the system's answer, 127.0.0.1, is refused here.
-    with pytest.raises(gitsource.SourceError, match=r"non-public address \(127\.0\.0\.1\)"):
-        gitsource.check_host_allowed(repo)
+    with pytest.raises(source_rules.SourceError, match=r"non-public address \(127\.0\.0\.1\)"):
+        source_rules.check_host_allowed(repo)
 
 
 @pytest.mark.usefixtures("live_db")
@@ -173,7 +175,7 @@ def test_ssh_fetch_connects_to_the_checked_address(settings, monkeypatch, tmp_pa
         f'#!/bin/sh\nexec {sys.executable} {fake} {roots} git.rebind.test=127.0.0.3 "$@"\n'
     )
     (bin_dir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    settings.INHERITED_ENV = {**settings.INHERITED_ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     settings.GIT_ALLOWED_HOSTS = ["127.0.0.2"]
     fake_resolver(monkeypatch, {"git.rebind.test": "127.0.0.2"}, then_real=False)
 

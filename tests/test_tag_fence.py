@@ -19,8 +19,9 @@ from django.utils import timezone
 from builds import errors
 from builds.errors import LeaseLost, TransientError
 from builds.models import Job
-from builds.services import lifecycle, pipeline
-from builds.services.registry import TagWriter
+from builds.services import pipeline
+from builds.services.state import lifecycle
+from builds.services.steps.registry import TagWriter
 from tests.conftest import REGISTRY_ADDR, wait_for
 from tests.support import registry
 from tests.support.jobs import log_text, new_id, submit, wait_final
@@ -138,10 +139,10 @@ def test_tag_is_put_with_the_builders_credentials(infra):
 
 
 @pytest.mark.e2e
-def test_without_credentials_the_operators_docker_config_is_used(infra, settings, tmp_path, monkeypatch):
+def test_without_credentials_the_operators_docker_config_is_used(infra, settings, tmp_path):
     digest = _push_by_digest("tester/tag-writer")
     settings.REGISTRY_USERNAME = settings.REGISTRY_PASSWORD = ""
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    settings.DOCKER_CONFIG = tmp_path
     with pytest.raises(TransientError) as refused:
         TagWriter(f"{REGISTRY_ADDR}/tester/tag-writer", timeout_seconds=10).read_manifest(digest)
     assert refused.value.code == errors.REGISTRY_UNAVAILABLE and "401" in refused.value.message

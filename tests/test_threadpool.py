@@ -16,7 +16,7 @@ import time
 import pytest
 
 from builds.models import Job
-from builds.services import buildkit
+from builds.services.steps import buildkit
 from tests.conftest import TEST_ROOT, Worker, wait_for
 from tests.support.jobs import most_building_at_once, new_id, submit, wait_final
 from tests.test_recovery import BASE, BuildctlWatch, buildctl_pids, delivered, wait_building

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfly import localservices
+from infra import localservices
 from tests.conftest import API_TOKEN, REPO_ROOT, SCALEOUT, TEST_ROOT, wait_for
 from tests.support.jobs import new_id
 from tests.support.webserver import free_port

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from builds.joblog import reader, writer
 from builds.models import Job
-from builds.services import logs
 from tests.conftest import ARTIFACTS, CACHE_DIR, REPO_ROOT, TEST_ROOT, Worker
 from tests.support import containers, registry
 from tests.support.baseimages import ensure_base_images, runtimes_for_tests
@@ -103,7 +103,7 @@ def build(api, infra, repo, *, project: str, timeout: float = 1200, **build_conf
 
 def job_log(job_id: str) -> str:
     """The job's whole log, read from the database."""
-    return b"".join(logs.read_from(job_id, 0, logs.log_end(job_id))).decode(errors="replace")
+    return b"".join(reader.read_from(job_id, 0, writer.log_end(job_id))).decode(errors="replace")
 
 
 def committed(git_server, name: str, files: dict[str, str]):

@@ -35,7 +35,7 @@ os.environ.update(
         "BUILDER_API_TOKENS": API_TOKEN,
         "GIT_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "REGISTRY_URL": REGISTRY_ADDR,
-        # The registry the fixtures start asks for these on every request (hubfly.localservices).
+        # The registry the fixtures start asks for these on every request (infra.localservices).
         "REGISTRY_USERNAME": "hubfly-test",
         "REGISTRY_PASSWORD": REGISTRY_PASSWORD,
         "REGISTRY_INSECURE": "true",

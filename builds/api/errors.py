@@ -7,7 +7,7 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from builds.services import dbfaults
+from builds.services.operations import dbfaults
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,10 @@
 In the web process the route is `serve_logs`, an ASGI application of its own rather than a view
 behind Django's ASGI handler: that handler gives every request a thread and a database
 connection for as long as its response lasts, which for a follower is the whole build. Here a
-follower is a coroutine fed by its job's shared reader (builds.services.follow.LogFollowers),
+follower is a coroutine fed by its job's shared reader (builds.joblog.reader.LogFollowers),
 and a web process admits at most MAX_LOG_FOLLOWERS of them (429 beyond). `job_logs` is the same
-route as a plain Django view, for WSGI (Django's test client). Both use Django's request object,
+route as a plain Django view, for WSGI (Django's test client), streamed by
+`LogStreamingResponse`. Both use Django's request object,
 the API's bearer tokens and its `{"error", "message"}` JSON.
 
 - no `follow`: bytes [offset, end of log at the time of the request), `X-Log-Offset` = end;
@@ -27,14 +28,15 @@ import re
 from urllib.parse import unquote
 
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework import exceptions
 
 from builds.api.auth import BearerTokenAuthentication
 from builds.api.middleware import body_refusal
+from builds.joblog import reader
+from builds.joblog.reader import LogCursor
+from builds.joblog.writer import log_end
 from builds.models import FINAL_STATUSES
-from builds.services import follow, logs
-from builds.services.follow import LogCursor, LogStreamingResponse
 
 LOG_PATH = re.compile(r"^/api/v1/jobs/([^/]+)/logs/?$")
 RETRY_AFTER_SECONDS = 5
@@ -42,6 +44,15 @@ _TRUE = ("true", "1", "yes")
 
 logger = logging.getLogger(__name__)
 _FALSE = ("false", "0", "no", "")
+
+
+class LogStreamingResponse(StreamingHttpResponse):
+    """Streams a LogCursor under WSGI (the admin's download, Django's test client). The web
+    process's log route streams with `LogFollowers` instead (`serve_logs`)."""
+
+    def __init__(self, cursor: LogCursor, **kwargs):
+        super().__init__(iter(cursor), **kwargs)
+        self._cursor = cursor
 
 
 class _Refused(Exception):
@@ -111,10 +122,10 @@ def _plan(request, job_id: str) -> LogCursor | tuple[LogCursor, int]:
     if sse:
         resume = _offset(request.headers.get("Last-Event-ID"), "Last-Event-ID")
         offset = resume if resume is not None else offset
-    status = follow.job_status(job_id)
+    status = reader.job_status(job_id)
     if status is None:
         raise _Refused(404, "JOB_NOT_FOUND", "job not found")
-    end = logs.log_end(job_id)
+    end = log_end(job_id)
     if end == 0 and (not following or status in FINAL_STATUSES):
         raise _Refused(404, "BUILD_LOG_NOT_FOUND", "build log not found")
     start = min(offset, end)
@@ -154,7 +165,7 @@ def job_logs(request, job_id: str):
 
 async def serve_logs(scope, receive, send):
     """The route in the web process (hubfly/asgi.py), behind `refuse_request_body`."""
-    followers = follow.followers()
+    followers = reader.followers()
     request = ASGIRequest(scope, io.BytesIO())
     job_id = unquote(LOG_PATH.match(scope["path"])[1])
     try:

@@ -37,7 +37,7 @@ from django.utils.dateparse import parse_datetime
 
 from builds import presentation, selectors
 from builds.models import ACTIVE_STATUSES, Job, Status
-from builds.services import queue
+from builds.services.state import queue
 
 JOB_PATH = re.compile(r"^/api/v1/jobs/([^/]+)$")
 LIST_PATH = "/api/v1/jobs"
@@ -157,7 +157,7 @@ _COLUMNS = ", ".join(Job._meta.get_field(name).column for name in presentation.S
 _ORDER = ", ".join(f"{Job._meta.get_field(name.lstrip('-')).column} {'DESC' if name.startswith('-') else 'ASC'}"
                    for name in selectors.LIST_ORDER)
 _ROW_BY_ID = f"SELECT {_COLUMNS} FROM {_TABLE} WHERE id = ?"
-# Moves whenever the places may have (as builds.services.queue's): jobs that wait or run, counted,
+# Moves whenever the places may have (as builds.services.state.queue's): jobs that wait or run, counted,
 # and the newest change among them.
 _SIGNATURE = (f"SELECT COUNT(*), MAX(updated_at) FROM {_TABLE} WHERE status IN "
               f"({', '.join(repr(str(s)) for s in (Status.PENDING, *ACTIVE_STATUSES))})")

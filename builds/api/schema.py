@@ -4,8 +4,10 @@ CALLBACK_FIELDS of them) and the error bodies, the bearer-token scheme, the outc
 the endpoints that are plain Django views (the log stream, health, metrics), which
 drf-spectacular cannot see by itself.
 
-The output serializers are never used to render anything; tests/test_openapi.py checks that
-real responses and webhook bodies match them.
+JobOutput and JobOutcomeOutput render through builds/presentation.py (job_json, outcome_json),
+so the class the schema is made from is the one that renders; builds/api/reads.py's lean reads
+and the worker's webhook call the same functions without DRF. The fields they declare are
+checked against what those functions write (tests/test_openapi.py), as are real responses.
 """
 
 import copy
@@ -14,8 +16,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema, extend_schema_serializer
 from rest_framework import serializers
 
-from builds.presentation import CALLBACK_FIELDS
-
+from builds import presentation
 from builds.errors import FAILURE_TYPES
 from builds.models import PRIORITIES, Status
 
@@ -136,6 +137,10 @@ class CacheOutput(serializers.Serializer):
 
 @extend_schema_serializer(component_name="Job")
 class JobOutput(serializers.Serializer):
+    """A job as the API shows it, rendered by presentation.job_json; the fields document what it
+    writes. Context: `places` (the queue's places; default: computed) and `placed` (False for a
+    job just created: its reason to wait, no position)."""
+
     id = serializers.CharField()
     projectId = serializers.CharField()
     userId = serializers.CharField()
@@ -176,11 +181,16 @@ class JobOutput(serializers.Serializer):
     buildSeconds = serializers.FloatField(allow_null=True, help_text="buildctl, without exporting the image")
     pushSeconds = serializers.FloatField(allow_null=True, help_text="exporting and pushing the image, and the tag")
 
+    def to_representation(self, instance):
+        return presentation.job_json(instance, self.context.get("places"), placed=self.context.get("placed", True))
 
-# The webhook's body: the same fields as Job's, CALLBACK_FIELDS of them.
+
+# The webhook's body: the same fields as Job's, CALLBACK_FIELDS of them, rendered by
+# presentation.outcome_json.
 JobOutcomeOutput = extend_schema_serializer(component_name="JobOutcome")(type(
     "JobOutcomeOutput", (serializers.Serializer,),
-    {name: copy.deepcopy(JobOutput._declared_fields[name]) for name in CALLBACK_FIELDS},
+    {**{name: copy.deepcopy(JobOutput._declared_fields[name]) for name in presentation.CALLBACK_FIELDS},
+     "to_representation": lambda self, instance: presentation.outcome_json(instance)},
 ))
 
 job_outcome_webhook = OpenApiWebhook(

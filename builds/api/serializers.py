@@ -9,7 +9,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.models import PRIORITIES
-from builds.services import callbacks, gitsource
+from builds.services import callbacks
+from builds.services.steps import source_rules
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -84,40 +85,40 @@ class Command(StrictString):
         return value.strip()
 
 
-def _source_error(exc: gitsource.SourceError):
+def _source_error(exc: source_rules.SourceError):
     return serializers.ValidationError(str(exc))
 
 
 class SourceInfoInput(serializers.Serializer):
-    gitRepository = StrictString(max_length=gitsource.MAX_URL_LENGTH)
+    gitRepository = StrictString(max_length=source_rules.MAX_URL_LENGTH)
     commitSha = StrictString(required=False, allow_blank=True, max_length=64)
     ref = StrictString(required=False, allow_blank=True, max_length=255)
     workingDir = StrictString(required=False, allow_blank=True, max_length=1024)
 
     def validate_gitRepository(self, value):
         try:
-            repo = gitsource.parse_repository(value)
-            gitsource.check_host_allowed(repo, max_age_seconds=gitsource.SUBMIT_DNS_CACHE_SECONDS)
-        except gitsource.SourceError as exc:
+            repo = source_rules.parse_repository(value)
+            source_rules.check_host_allowed(repo, max_age_seconds=source_rules.SUBMIT_DNS_CACHE_SECONDS)
+        except source_rules.SourceError as exc:
             raise _source_error(exc)
         return value
 
     def validate_commitSha(self, value):
         try:
-            return gitsource.validate_commit(value) if value else ""
-        except gitsource.SourceError as exc:
+            return source_rules.validate_commit(value) if value else ""
+        except source_rules.SourceError as exc:
             raise _source_error(exc)
 
     def validate_ref(self, value):
         try:
-            return gitsource.validate_ref(value) if value else ""
-        except gitsource.SourceError as exc:
+            return source_rules.validate_ref(value) if value else ""
+        except source_rules.SourceError as exc:
             raise _source_error(exc)
 
     def validate_workingDir(self, value):
         try:
-            return gitsource.validate_relative_path(value, "workingDir")
-        except gitsource.SourceError as exc:
+            return source_rules.validate_relative_path(value, "workingDir")
+        except source_rules.SourceError as exc:
             raise _source_error(exc)
 
 
@@ -176,7 +177,7 @@ class BuildConfigInput(serializers.Serializer):
     # without it and records a warning).
     strictLockfile = StrictBoolean(required=False)
 
-    # The fair queue's order within a tenant (builds.services.queue).
+    # The fair queue's order within a tenant (builds.services.state.queue).
     priority = StrictString(required=False, allow_blank=True, max_length=16)
     # true: this job cancels the older pending jobs of its projectId + ref + workingDir;
     # "running": the one building too. Absent: SUPERSEDE_DEFAULT.
@@ -225,14 +226,14 @@ class BuildConfigInput(serializers.Serializer):
 
     def validate_dockerfilePath(self, value):
         try:
-            return gitsource.validate_relative_path(value, "dockerfilePath")
-        except gitsource.SourceError as exc:
+            return source_rules.validate_relative_path(value, "dockerfilePath")
+        except source_rules.SourceError as exc:
             raise _source_error(exc)
 
     def validate_buildContextDir(self, value):
         try:
-            return gitsource.validate_relative_path(value, "buildContextDir")
-        except gitsource.SourceError as exc:
+            return source_rules.validate_relative_path(value, "buildContextDir")
+        except source_rules.SourceError as exc:
             raise _source_error(exc)
 
     def validate(self, attrs):
@@ -253,13 +254,13 @@ class JobCreateInput(serializers.Serializer):
     sourceType = StrictString(required=False, default="git")
     sourceInfo = SourceInfoInput()
     buildConfig = BuildConfigInput(required=False, default=dict)
-    callbackUrl = StrictString(required=False, allow_blank=True, max_length=gitsource.MAX_URL_LENGTH)
+    callbackUrl = StrictString(required=False, allow_blank=True, max_length=source_rules.MAX_URL_LENGTH)
 
     def validate_callbackUrl(self, value):
         if value:
             try:
                 callbacks.check_callback_url(value)
-            except gitsource.SourceError as exc:
+            except source_rules.SourceError as exc:
                 raise _source_error(exc)
         return value
 

@@ -9,7 +9,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from builds import presentation, selectors
+from builds import selectors
 from builds.api.errors import ApiError
 from builds.api.serializers import JobCreateInput
 from builds.api.schema import (
@@ -17,7 +17,9 @@ from builds.api.schema import (
 )
 from builds.errors import UserError
 from builds.models import PRIORITIES, CallbackEvent, Job, Status
-from builds.services import callbacks, health, jobs, lifecycle, metrics, submit
+from builds.services import callbacks, jobs, submit
+from builds.services.operations import health, metrics
+from builds.services.state import lifecycle
 
 MAX_PAGE = 200
 
@@ -73,7 +75,7 @@ class JobListCreate(APIView):
             raise ApiError(400, exc.code, exc.message) from None
         except jobs.JobConflict:
             raise ApiError(409, "JOB_EXISTS", "a job with this id exists with a different request") from None
-        return Response(presentation.job_json(job, placed=not created),
+        return Response(JobOutput(job, context={"placed": not created}).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
@@ -107,7 +109,7 @@ class JobDetail(APIView):
     @extend_schema(operation_id="jobs_retrieve", summary="One job", parameters=[JOB_ID],
                    responses={200: JobOutput, 401: UNAUTHORIZED, 404: NOT_FOUND}, tags=["jobs"])
     def get(self, request, job_id):
-        return Response(presentation.job_json(get_job(job_id)))
+        return Response(JobOutput(get_job(job_id)).data)
 
 
 class JobCancel(APIView):
@@ -131,7 +133,7 @@ class JobCancel(APIView):
             raise job_not_found()
         if not accepted:
             raise ApiError(409, "JOB_FINAL", f"the job already ended ({job.status})")
-        return Response(presentation.job_json(job), status=status.HTTP_202_ACCEPTED)
+        return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class JobDeliveries(APIView):
@@ -201,7 +203,7 @@ class RunningBuilds(APIView):
     @extend_schema(operation_id="running_builds", summary="Jobs claimed or building, on every worker",
                    responses={200: JobOutput(many=True), 401: UNAUTHORIZED}, tags=["dev"])
     def get(self, request):
-        return Response([presentation.job_json(job) for job in selectors.running_jobs()])
+        return Response(JobOutput(selectors.running_jobs(), many=True).data)
 
 
 def healthz(request):
@@ -210,7 +212,7 @@ def healthz(request):
 
 def metrics_view(request):
     """Prometheus text; no token, like /healthz: it holds counts only, no ids or names. Computed
-    in the background, not per request (builds.services.metrics)."""
+    in the background, not per request (builds.services.operations.metrics)."""
     latest = metrics.latest()
     if latest is None:
         return HttpResponse("metrics are not available\n", status=503, content_type="text/plain; charset=utf-8")
@@ -219,7 +221,7 @@ def metrics_view(request):
 
 
 def readyz(request):
-    """No token: the last results of the checks, refreshed in the background (builds.services.health)."""
+    """No token: the last results of the checks, refreshed in the background (builds.services.operations.health)."""
     checks = health.readiness() or {"checks": "not available yet"}
     ok = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503)

@@ -1,6 +1,6 @@
 """Hugo sites: a Hugo configuration (hugo.toml, or config.toml/yaml/json with a site's keys) beside
 content/, layouts/ or themes/. The site is generated with the hugo image (its theme, often a git
-submodule, is in the checkout: see builds.services.git) and public/ is served by the static
+submodule, is in the checkout: see builds.services.steps.fetch) and public/ is served by the static
 server stage, as a JavaScript front end's build output is.
 """
 

@@ -20,9 +20,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from builds import presentation
+from builds.joblog.masking import mask_url_credentials
 from builds.models import CallbackAttempt, CallbackEvent, Job
-from builds.services import dispatch, gitsource
-from builds.services.logs import mask_url_credentials
+from builds.services.state import dispatch
+from builds.services.steps import source_rules
 
 log = logging.getLogger(__name__)
 # Who asked for a delivery by hand, and when: one line per request (the attempt row keeps it too).
@@ -32,24 +33,24 @@ audit = logging.getLogger("builds.audit")
 def check_callback_url(url: str) -> tuple[str, ...]:
     """A job's own callbackUrl: http(s), no credentials, and a host that resolves to public
     addresses only, unless CALLBACK_ALLOWED_HOSTS lists it (the rules of git URLs). Raises
-    gitsource.SourceError saying why; returns the addresses accepted (empty: listed by name)."""
-    if len(url) > gitsource.MAX_URL_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise gitsource.SourceError("callbackUrl must be a URL without spaces or control characters")
+    source_rules.SourceError saying why; returns the addresses accepted (empty: listed by name)."""
+    if len(url) > source_rules.MAX_URL_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise source_rules.SourceError("callbackUrl must be a URL without spaces or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise gitsource.SourceError("callbackUrl must be an http:// or https:// URL")
+        raise source_rules.SourceError("callbackUrl must be an http:// or https:// URL")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise gitsource.SourceError("callbackUrl has an invalid port") from None
+        raise source_rules.SourceError("callbackUrl has an invalid port") from None
     if not host:
-        raise gitsource.SourceError("callbackUrl has no host")
+        raise source_rules.SourceError("callbackUrl has no host")
     if parts.username is not None or parts.password is not None:
-        raise gitsource.SourceError("callbackUrl must not carry credentials (requests are signed instead)")
+        raise source_rules.SourceError("callbackUrl must not carry credentials (requests are signed instead)")
     if parts.fragment:
-        raise gitsource.SourceError("callbackUrl must not have a fragment")
-    repo = gitsource.Repository(url=url, scheme=parts.scheme, host=host.lower(), port=port)
-    return gitsource.check_host_allowed(repo, allowed=settings.CALLBACK_ALLOWED_HOSTS, what="callback host",
+        raise source_rules.SourceError("callbackUrl must not have a fragment")
+    repo = source_rules.Repository(url=url, scheme=parts.scheme, host=host.lower(), port=port)
+    return source_rules.check_host_allowed(repo, allowed=settings.CALLBACK_ALLOWED_HOSTS, what="callback host",
                                         setting="CALLBACK_ALLOWED_HOSTS")
 
 
@@ -87,7 +88,7 @@ def _post(event: CallbackEvent, job_url: bool) -> tuple[int | None, str]:
         # Checked again at every attempt: the host's DNS answer may have changed since submit.
         try:
             check_callback_url(event.url)
-        except gitsource.SourceError as exc:
+        except source_rules.SourceError as exc:
             return None, f"refused: {exc}"
     body = event.body.encode()
     headers = {"Content-Type": "application/json", "X-Hubfly-Event-Id": str(event.id), "User-Agent": "hubfly-builder"}

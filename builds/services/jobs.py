@@ -23,8 +23,9 @@ from django.db.models.functions import Now
 from builds import errors
 from builds.buildsettings import BuildSettings
 from builds.errors import BuildError
+from builds.joblog import writer
 from builds.models import PRIORITIES, Job, Status
-from builds.services import dispatch, lifecycle, logs
+from builds.services.state import dispatch, lifecycle
 
 
 class JobConflict(Exception):
@@ -142,7 +143,7 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
                 priority=PRIORITIES[BuildSettings.of(build_config).priority],
                 enqueued_at=Now(),  # the database's clock, as the reaper compares it
             )
-            logs.append_text(job.id, "job accepted; waiting for a worker")
+            writer.append_text(job.id, "job accepted; waiting for a worker")
             supersede_older(job)
             dispatch.publish_on_commit(job.id)
         return job, True
@@ -196,5 +197,5 @@ def supersede_older(job: Job) -> list[str]:
         if lifecycle.job_supersede(job_id=other_id, by=job.id, running=running):
             superseded.append(other_id)
     if superseded:
-        logs.append_text(job.id, f"superseded older job(s) {', '.join(superseded)}")
+        writer.append_text(job.id, f"superseded older job(s) {', '.join(superseded)}")
     return superseded

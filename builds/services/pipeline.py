@@ -26,10 +26,12 @@ from builds import errors
 from builds.buildsettings import BuildSettings
 from builds.dockerfile import lockfile
 from builds.errors import BuildCanceled, BuildError, BuildTimedOut, LeaseLost
+from builds.joblog import masking, writer
 from builds.models import Job, Status
-from builds.services import (
-    buildkit, dbfaults, dockerfiles, egress, git, jobs, lifecycle, logs, naming, process, queue, registry,
-)
+from builds.services import jobs, process
+from builds.services.operations import dbfaults
+from builds.services.state import lifecycle, queue
+from builds.services.steps import buildkit, dockerfile_choice, egress, fetch, naming, registry
 from hubfly.logformat import job_context
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,8 @@ class BuildDirector:
         self.build_settings = BuildSettings.of(job.build_config)
         self.secrets = jobs.job_secrets(job) if secrets is None else secrets
         self.build_args = self.build_settings.build_args
-        self.masker = logs.Masker(self.secrets.values())
-        self.log = logs.LogWriter(job.id, self.masker)
+        self.masker = masking.Masker(self.secrets.values())
+        self.log = writer.LogWriter(job.id, self.masker)
         # One deadline for the whole job, counted from its first start: run() moves the
         # deadline back by the time earlier attempts (and the waits between them) took.
         self.timeout = self.build_settings.timeout_seconds
@@ -104,22 +106,22 @@ class BuildDirector:
 
     def fetch_source(self) -> str:
         info = self.job.source_info
-        source = git.checked_source(
+        source = fetch.checked_source(
             url=info["gitRepository"], ref=info.get("ref") or "", commit_sha=info.get("commitSha") or ""
         )
         home = self.workspace / "home"
         home.mkdir(parents=True, exist_ok=True)
-        git.require_free_disk(self.workspace)
+        fetch.require_free_disk(self.workspace)
         wanted = source.commit_sha or source.ref or "the default branch"
         pinned = f" from {', '.join(source.addresses)}" if source.addresses else ""
-        self.log.line(f"fetching {logs.mask_url_credentials(source.url)} at {wanted}{pinned}")
-        fetcher = git.Fetcher(checkout=self.workspace / "src", guard=self.guard, log=self.log, home=home)
+        self.log.line(f"fetching {masking.mask_url_credentials(source.url)} at {wanted}{pinned}")
+        fetcher = fetch.Fetcher(checkout=self.workspace / "src", guard=self.guard, log=self.log, home=home)
         sha = fetcher.fetch(source)
         self.log.line(f"checked out commit {sha}")
         return sha
 
-    def prepare(self) -> dockerfiles.BuildInputs:
-        inputs = dockerfiles.prepare(
+    def prepare(self) -> dockerfile_choice.BuildInputs:
+        inputs = dockerfile_choice.prepare(
             checkout=self.workspace / "src",
             build_config=self.job.build_config or {},
             working_dir=self.job.source_info.get("workingDir") or "",
@@ -131,7 +133,7 @@ class BuildDirector:
             self._warn(warning)
         return inputs
 
-    def check_sources(self, inputs: dockerfiles.BuildInputs, network_none: bool) -> Path:
+    def check_sources(self, inputs: dockerfile_choice.BuildInputs, network_none: bool) -> Path:
         """What buildkitd will fetch for the build, checked before it starts; returns the source
         policy file that holds the build to it."""
         try:
@@ -152,11 +154,11 @@ class BuildDirector:
     def image_metadata(self, sha: str) -> dict[str, str]:
         job = self.job
         return buildkit.image_metadata(
-            source=git.public_url(job.source_info["gitRepository"]), revision=sha,
+            source=fetch.public_url(job.source_info["gitRepository"]), revision=sha,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), title=job.project_id, job_id=job.id,
         )
 
-    def build_and_push(self, inputs: dockerfiles.BuildInputs, repository: str, sha: str = "") -> str:
+    def build_and_push(self, inputs: dockerfile_choice.BuildInputs, repository: str, sha: str = "") -> str:
         """Build and push the image by digest (no tag); returns the digest."""
         network_none = self.build_settings.network == "none"
         if network_none:
@@ -179,7 +181,7 @@ class BuildDirector:
             source_policy_file=policy_file,
             attestations=self.build_settings.attestations,
             metadata=self.image_metadata(sha),
-            vcs_source=git.public_url(self.job.source_info["gitRepository"]),
+            vcs_source=fetch.public_url(self.job.source_info["gitRepository"]),
             vcs_revision=sha,
         )
         argv, secret_env = buildkit.command(request)
@@ -219,23 +221,23 @@ class BuildDirector:
         renews the lease, so the reaper cannot give the job to another attempt for LEASE_SECONDS;
         each request to the registry is bounded well inside that."""
         started = time.monotonic()
-        writer = registry.TagWriter(repository, timeout_seconds=settings.LEASE_SECONDS / 3)
-        manifest, media_type = writer.read_manifest(digest)
+        tag_writer = registry.TagWriter(repository, timeout_seconds=settings.LEASE_SECONDS / 3)
+        manifest, media_type = tag_writer.read_manifest(digest)
         try:
-            self.report["image"] = writer.image_summary(manifest)
+            self.report["image"] = tag_writer.image_summary(manifest)
         except (errors.TransientError, ValueError, KeyError, TypeError) as exc:  # the tag matters more
             self.log.line(f"could not read the image's size and platform: {exc}")
         if not lifecycle.job_fence(job_id=self.job.id, lease=self.lease):
             if lifecycle.cancel_requested(self.job.id):
                 raise BuildCanceled("canceled")
             raise LeaseLost("the job's lease was lost before its tag was written")
-        writer.put(tag, manifest, media_type)
+        tag_writer.put(tag, manifest, media_type)
         self.report["phases"]["push"] = round(self.report["phases"].get("push", 0.0) + time.monotonic() - started, 3)
         self.log.line(f"tagged {repository}:{tag} as {digest}")
 
     def _warn(self, warning: str) -> None:
         # A build step could print a secret after a marker: masked like the log.
-        warning = logs.mask_url_credentials(self.masker(warning))
+        warning = masking.mask_url_credentials(self.masker(warning))
         if warning not in self.warnings and len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(warning)
 
@@ -354,7 +356,7 @@ def run_next(hint: str = "") -> Outcome:
     """Claim the job the fair queue starts next and make one attempt. The message that woke
     this slot (`hint`, a job id) only said there is work: the job started may be another, and
     the hinted one keeps waiting for the message of the job started. When nothing may start,
-    the message is owed to the queue (builds.services.queue)."""
+    the message is owed to the queue (builds.services.state.queue)."""
     claimed = lifecycle.job_claim_next(worker=worker_id())
     if claimed is None:
         queue.message_unused()
@@ -379,7 +381,7 @@ def attempt(job_id: str, lease: uuid.UUID) -> Outcome:
         secrets = jobs.job_secrets(job)
     except jobs.SecretsUnreadable as exc:
         # No attempt could read them (SECRETS_KEY lost or rotated away): the job fails for good.
-        logs.append_text(job.id, f"error [{exc.code}]: {exc.message}")
+        writer.append_text(job.id, f"error [{exc.code}]: {exc.message}")
         lifecycle.job_finish(job_id=job.id, lease=lease, status=Status.FAILED, error_code=exc.code, error=exc.message)
         return Outcome()
     return BuildDirector(job, lease, secrets).run()

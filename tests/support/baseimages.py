@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hubfly.localservices import MIRROR_PREFIX
+from infra.localservices import MIRROR_PREFIX
 from tests.support import registry
 
 # Bump to rebuild every cached layer after a change to a recipe.
@@ -215,7 +215,7 @@ def runtimes_for_tests(upstream: dict) -> dict:
 
 def mirror_repository(name: str) -> tuple[str, tuple[str, ...]]:
     """Where an image lives in the registry: under the docker.io mirror's namespace, which
-    buildkitd resolves `FROM debian:...` to (hubfly.localservices.MIRROR_PREFIX)."""
+    buildkitd resolves `FROM debian:...` to (infra.localservices.MIRROR_PREFIX)."""
     repo, tags = REFERENCES[name]
     return f"{MIRROR_PREFIX}/{repo}", tags
 

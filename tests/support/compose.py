@@ -35,7 +35,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from hubfly import localservices
+from infra import localservices
 from tests.support import composeimages, registry
 from tests.support.gitserver import GitServer
 from tests.support.receiver import CallbackReceiver
@@ -110,7 +110,7 @@ os.execv("{runc}", ["runc", *args])
 class Engine:
     """dockerd with everything of its own under `state`: no bridge of its own (`--bridge none`),
     no iptables rules, no change to IP forwarding, so it leaves the host's firewall (and
-    hubfly/buildnet.py's chains) alone; the networks compose uses are plain bridges."""
+    infra/buildnet.py's chains) alone; the networks compose uses are plain bridges."""
 
     def __init__(self, state: Path, address_pool: str):
         self.state = state

@@ -1,7 +1,7 @@
 """Make every image docker-compose.yml uses, without Docker Hub, and load them into a Docker
 engine (scripts/compose-test).
 
-A registry and a buildkitd of our own (hubfly.localservices) build the images with BuildKit's
+A registry and a buildkitd of our own (infra.localservices) build the images with BuildKit's
 Dockerfile frontend; `FROM debian:bookworm-slim`, `python:3.11-slim-bookworm` and
 `moby/buildkit:v0.32.2` resolve to the registry's docker.io mirror, where
 tests/support/baseimages.py puts Debian and Python made from Debian's packages, and where the
@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from hubfly import localservices
+from infra import localservices
 from tests.support import baseimages, registry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -37,7 +37,7 @@ def submit(job_id: str, user: str, project: str, **build_config) -> None:
 
 def step(spec: dict, leases: dict) -> dict:
     from builds.models import Job, Status, TenantLimit
-    from builds.services import lifecycle, queue
+    from builds.services.state import lifecycle, queue
 
     result = {}
     if "submit" in spec:

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hubfly import localservices
+from infra import localservices
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

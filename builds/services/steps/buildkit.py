@@ -5,7 +5,7 @@ Non-secret `env` entries become build args; secrets reach `RUN --mount=type=secr
 Resource limits are BuildKit's per-build cgroup options, hard limits on every RUN step.
 buildctl authenticates to the registry with a docker config file of the builder's own
 (REGISTRY_USERNAME/REGISTRY_PASSWORD), never readable by the build. Each build carries a source
-policy (builds.services.egress) and, for a build without a network, BuildKit's
+policy (builds.services.steps.egress) and, for a build without a network, BuildKit's
 `force-network-mode=none`.
 
 Every image carries the OCI annotations and labels of `image_metadata` (source without
@@ -13,7 +13,7 @@ credentials, revision, created, title, job id) and, unless the job opted out, SL
 and an SBOM as attestations (ATTEST_PROVENANCE, ATTEST_SBOM, SBOM_SCANNER_IMAGE).
 
 The image is pushed by digest only (`push-by-digest=true`): buildctl never writes a tag. The
-attempt that still holds the job's lease writes it afterwards (builds.services.registry), so a
+attempt that still holds the job's lease writes it afterwards (builds.services.steps.registry), so a
 build that outlived its lease cannot move a tag another attempt wrote.
 """
 
@@ -32,7 +32,7 @@ from django.conf import settings
 
 from builds import errors
 from builds.errors import TransientError, UserError
-from builds.services import egress
+from builds.services.steps import egress
 
 _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
 _STEP_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
@@ -171,10 +171,11 @@ def command(req: BuildRequest) -> tuple[list[str], dict[str, str]]:
 
 
 def buildctl_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+    inherited = settings.INHERITED_ENV
+    env = {"PATH": inherited.get("PATH", "/usr/bin:/bin"), "HOME": inherited.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
     for name in ("DOCKER_CONFIG", "SSL_CERT_FILE", "SSL_CERT_DIR", "BUILDKIT_HOST"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        if name in inherited:
+            env[name] = inherited[name]
     config_dir = docker_config_dir()
     if config_dir is not None:
         env["DOCKER_CONFIG"] = str(config_dir)

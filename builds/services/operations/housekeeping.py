@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, CallbackEvent, Job, LogChunk
-from builds.services import naming
+from builds.services.steps import naming
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def prune_secrets() -> int:
 def prune_workspaces(min_age_seconds: float = 60) -> int:
     """Remove the workspace directories on this host that no active attempt is using. Each
     host runs this for its own WORKSPACE_DIR, at worker start and every
-    WORKSPACE_PRUNE_INTERVAL_SECONDS (builds.signals)."""
+    WORKSPACE_PRUNE_INTERVAL_SECONDS (builds.workerstart)."""
     root = settings.WORKSPACE_DIR
     if not root.is_dir():
         return 0

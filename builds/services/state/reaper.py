@@ -16,8 +16,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from builds.joblog import writer
 from builds.models import ACTIVE_STATUSES, Job, ServiceCounter, Status
-from builds.services import dispatch, lifecycle, logs, queue
+from builds.services.state import dispatch, lifecycle, queue
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ def take_back(job: Job, *, reason: str, worker_gone: bool = False) -> str:
     """Requeue, fail or cancel one job whose lease is dead; returns what was done."""
     done = lifecycle.job_take_back(job_id=job.pk, lease=job.lease, reason=reason, worker_gone=worker_gone)
     if done == "requeued":
-        logs.append_text(job.pk, f"{reason}; job handed back to the queue")
+        writer.append_text(job.pk, f"{reason}; job handed back to the queue")
     elif done == "failed":
-        logs.append_text(job.pk, f"{reason}; no retries left, job failed")
+        writer.append_text(job.pk, f"{reason}; no retries left, job failed")
     return done
 
 

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, PRIORITIES, CallbackAttempt, CallbackEvent, Job, ServiceCounter, Status
-from builds.services.health import Refreshed
+from builds.services.operations.health import Refreshed
 
 DURATION_BUCKETS_SECONDS = (5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600)
 

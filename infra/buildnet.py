@@ -16,8 +16,10 @@ Refused means an answer at once (a TCP reset, an ICMP error), so a build that tr
 with "connection refused" in its log rather than hanging. Applying is idempotent: whatever an
 earlier run left under the same chain names is removed first.
 
-Standard library only: it runs from hubfly.localservices (before Django) and in the buildkitd
-container of docker-compose.yml (`python3 -m hubfly.buildnet apply ...`).
+Standard library only: it runs from infra.localservices (before Django) and alone in the
+buildkitd container of docker-compose.yml (`python3 buildnet.py apply ...`, with no Django
+settings there), so it reads its variables (BUILD_NETWORK, BUILD_SUBNET, BUILD_BRIDGE,
+BUILD_EGRESS_ALLOW, CNI_BINARY_DIR) from the environment itself.
 """
 
 import argparse
@@ -483,7 +485,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hubfly.buildnet")
+    parser = argparse.ArgumentParser(prog="python -m infra.buildnet")
     parser.add_argument("command", choices=("apply", "remove", "check", "show"))
     parser.add_argument("--state-dir", default=os.environ.get("BUILD_NETWORK_STATE", "/var/lib/hubfly-net"))
     args = parser.parse_args(argv)

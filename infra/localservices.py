@@ -1,7 +1,7 @@
 """Start the local infrastructure a build needs: a plain-HTTP registry that only the builder
 may write to, and a rootful buildkitd whose RUN steps get a network of their own.
 
-Used by `scripts/run` (`python -m hubfly.localservices up ...`), the test fixtures and the
+Used by `scripts/run` (`python -m infra.localservices up ...`), the test fixtures and the
 benchmarks. Standard library and bcrypt only, so it runs before (and without) Django.
 
 - The registry asks for credentials on every request (htpasswd). They come from
@@ -10,7 +10,7 @@ benchmarks. Standard library and bcrypt only, so it runs before (and without) Dj
 - Official images (`FROM debian:...`) resolve through the registry's `hubfly-mirror/docker.io/`
   namespace: a tenant's images are `<user>/<project>` (two components, three for the build
   cache), so no job's push can ever land on an image other jobs pull.
-- buildkitd runs RUN steps on a CNI bridge with the egress policy of hubfly.buildnet, installed
+- buildkitd runs RUN steps on a CNI bridge with the egress policy of infra.buildnet, installed
   before it starts and removed when it stops.
 """
 
@@ -23,24 +23,18 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import bcrypt
 
-from hubfly import buildnet
+from infra import buildnet, probes
 
 MIRROR_PREFIX = "hubfly-mirror/docker.io"
 REGISTRY_START_SECONDS = 20.0
 BUILDKITD_START_SECONDS = 60.0
 POLL_SECONDS = 0.2
-
-# Loopback addresses must not go through an HTTP proxy taken from the environment.
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 class ServiceError(RuntimeError):
     pass
@@ -92,31 +86,17 @@ def _write_private(path: Path, text: str) -> None:
 
 def registry_reachable(addr: str, timeout: float = 1.0) -> bool:
     try:
-        with _direct.open(f"http://{addr}/v2/", timeout=timeout) as response:
-            return response.status == 200
-    except urllib.error.HTTPError as exc:
-        # 401 is a registry that wants credentials: it is up.
-        return exc.code == 401
+        return probes.registry(f"http://{addr}", timeout=timeout, direct=True) == "ok"
     except (OSError, ValueError):
         return False
 
 
 def buildkitd_reachable(addr: str, timeout: float = 5.0) -> bool:
     try:
-        buildctl = find_binary("buildctl")
-    except ServiceError:
+        probes.buildkit_workers(find_binary("buildctl"), addr, timeout=timeout)
+    except (ServiceError, probes.ProbeFailed, subprocess.TimeoutExpired, OSError, ValueError):
         return False
-    try:
-        result = subprocess.run(
-            [buildctl, "--addr", addr, "debug", "workers"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
+    return True
 
 
 def registry_config(data_dir: Path, addr: str, htpasswd: Path | None = None) -> str:
@@ -153,7 +133,7 @@ def buildkitd_config(registry_addr: str, *, root: Path | None = None, mirror: bo
                      cni: tuple[str, str] | None = None) -> str:
     """The one buildkitd configuration, for a local buildkitd (with its root and this host's
     build network) and for compose (configs/buildkitd.toml is this function's output,
-    `python -m hubfly.localservices buildkitd-config > configs/buildkitd.toml`; a test checks
+    `python -m infra.localservices buildkitd-config > configs/buildkitd.toml`; a test checks
     that it is current). `cni`: the CNI configuration file and plugin directory of the network
     RUN steps get."""
     lines = [f'root = "{root}"', ""] if root is not None else []
@@ -197,10 +177,10 @@ def buildkitd_config(registry_addr: str, *, root: Path | None = None, mirror: bo
 
 
 def compose_buildkitd_config() -> str:
-    header = ("# buildkitd configuration of docker-compose.yml, made by hubfly.localservices.buildkitd_config\n"
-              "# (`python -m hubfly.localservices buildkitd-config > configs/buildkitd.toml`): the local\n"
+    header = ("# buildkitd configuration of docker-compose.yml, made by infra.localservices.buildkitd_config\n"
+              "# (`python -m infra.localservices buildkitd-config > configs/buildkitd.toml`): the local\n"
               "# buildkitd gets the same, with its own paths. RUN steps get a network namespace of their own\n"
-              "# on a CNI bridge whose egress policy the entrypoint installs (hubfly/buildnet.py).\n")
+              "# on a CNI bridge whose egress policy the entrypoint installs (infra/buildnet.py).\n")
     return header + buildkitd_config(COMPOSE_REGISTRY, mirror=False, cni=COMPOSE_CNI)
 
 
@@ -265,7 +245,7 @@ def start_buildkitd(
     network: "buildnet.BuildNetwork | None | bool" = True,
 ) -> subprocess.Popen:
     """buildkitd on addr. network=True (the default) gives RUN steps the build network that
-    BUILD_* configure (hubfly.buildnet.from_environment), applied before the daemon starts and
+    BUILD_* configure (infra.buildnet.from_environment), applied before the daemon starts and
     removed by stop(); False runs them on the host's network (only for tests that need it)."""
     data_dir = Path(data_dir).resolve()
     root = data_dir / "buildkit"
@@ -406,7 +386,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hubfly.localservices")
+    parser = argparse.ArgumentParser(prog="python -m infra.localservices")
+    # Defaults from the variables the service reads too (hubfly/settings.py), so `up` starts what
+    # the service will look for; the launcher runs without Django, so it reads them itself.
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the registry and buildkitd unless reachable, stay in the foreground")
     up.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"))

@@ -7,30 +7,18 @@ PROBE_REFRESH_SECONDS, and only while someone asks). A result is "ok" or a short
 names no host, user or path; the detail of a failure goes to the web process's log.
 """
 
-import json
 import logging
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
 
-from hubfly import buildnet
 from hubfly.celery import app
+from infra import buildnet, probes
 
 logger = logging.getLogger(__name__)
-
-
-class CheckFailed(Exception):
-    """A check's failure: `reason` is for /readyz, `detail` for the log."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail or reason
 
 
 def _database() -> str:
@@ -45,24 +33,12 @@ def _broker() -> str:
     return "ok"
 
 
-def _buildkit_workers() -> list[dict]:
-    """buildkitd's workers, from one `buildctl debug workers` (both buildkit checks use it)."""
-    result = subprocess.run(
-        [settings.BUILDCTL_BIN, "--addr", settings.BUILDKIT_ADDR, "debug", "workers", "--format", "{{json .}}"],
-        capture_output=True, text=True, timeout=5,
-    )
-    if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1][:500]
-        raise CheckFailed("buildctl could not reach buildkitd", f"buildctl exited with {result.returncode}: {detail}")
-    return json.loads(result.stdout or "[]")
-
-
 def _build_network(workers: list[dict]) -> str:
     modes = {w.get("labels", {}).get("org.mobyproject.buildkit.worker.network", "unknown") for w in workers}
     exposed = sorted(modes - {"cni", "bridge"})
     if exposed:
         return f"buildkitd runs RUN steps on the {exposed[0]} network: builds are not isolated"
-    # The policy file is where a local buildkitd's network was applied (hubfly.localservices).
+    # The policy file is where a local buildkitd's network was applied (infra.localservices).
     policy = buildnet.read_policy(settings.DATA_DIR / "buildnet")
     if policy is not None and policy.get("mode") != settings.BUILD_NETWORK:
         return f"the egress policy is for BUILD_NETWORK={policy.get('mode')}, this process has {settings.BUILD_NETWORK}"
@@ -71,19 +47,15 @@ def _build_network(workers: list[dict]) -> str:
 
 def _registry() -> str:
     scheme = "http" if settings.REGISTRY_INSECURE else "https"
-    try:
-        with urllib.request.urlopen(f"{scheme}://{settings.REGISTRY_URL}/v2/", timeout=3):
-            return "ok"
-    except urllib.error.HTTPError as exc:
-        return "ok" if exc.code == 401 else f"HTTP {exc.code}"
+    return probes.registry(f"{scheme}://{settings.REGISTRY_URL}", timeout=3)
 
 
 def _run(name: str, check: Callable[[], str]) -> str:
     try:
         return check()
     except Exception as exc:  # the point of readiness is to report, not to raise
-        reason = exc.reason if isinstance(exc, CheckFailed) else f"unavailable ({type(exc).__name__})"
-        detail = exc.detail if isinstance(exc, CheckFailed) else f"{type(exc).__name__}: {exc}"
+        reason = exc.reason if isinstance(exc, probes.ProbeFailed) else f"unavailable ({type(exc).__name__})"
+        detail = exc.detail if isinstance(exc, probes.ProbeFailed) else f"{type(exc).__name__}: {exc}"
         logger.warning("readiness: %s: %s", name, detail[:1000])
         return reason
 
@@ -93,7 +65,8 @@ def checks() -> dict[str, str]:
     workers: list[dict] = []
 
     def buildkitd() -> str:
-        workers.extend(_buildkit_workers())
+        # One `buildctl debug workers` answers both buildkit checks.
+        workers.extend(probes.buildkit_workers(settings.BUILDCTL_BIN, settings.BUILDKIT_ADDR, timeout=5))
         return "ok"
 
     if settings.PROBE_BUILDKIT:

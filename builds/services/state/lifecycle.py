@@ -20,8 +20,10 @@ from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.db.models.functions import Now
 
 from builds import errors
+from builds.joblog import writer
 from builds.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status
-from builds.services import callbacks, dispatch, logs, queue
+from builds.services import callbacks
+from builds.services.state import dispatch, queue
 
 # Every move of `status`, by the function that writes it: (the states it takes a job from, the
 # states it may leave it in). The functions below are the only writers of `status` and read
@@ -75,7 +77,7 @@ def job_claim(*, job_id: str, worker: str) -> uuid.UUID | None:
 
 
 def job_claim_next(*, worker: str) -> tuple[str, uuid.UUID] | None:
-    """The job the fair queue starts next (builds.services.queue), pending -> claimed with a
+    """The job the fair queue starts next (builds.services.state.queue), pending -> claimed with a
     fresh lease: (job id, lease), or None when no job may start now. Picked and claimed under
     the queue's lock, so tenant limits hold with any number of workers; the claim is still
     conditional, since a cancel takes no lock."""
@@ -245,9 +247,9 @@ def job_supersede(*, job_id: str, by: str, running: bool) -> bool:
         return False
     if _finish(job_id, Job.objects.filter(pk=job_id, status__in=_from("job_supersede")), status=Status.CANCELED,
                error_code=errors.SUPERSEDED, error=message):
-        logs.append_text(job_id, f"{message}; canceled before a worker took it")
+        writer.append_text(job_id, f"{message}; canceled before a worker took it")
     else:
-        logs.append_text(job_id, f"{message}; stopping the build")
+        writer.append_text(job_id, f"{message}; stopping the build")
     return True
 
 
@@ -269,8 +271,8 @@ def job_cancel(*, job_id: str) -> tuple[Job | None, bool]:
     if job is None:
         return None, False
     if canceled_pending:
-        logs.append_text(job_id, "job canceled before a worker took it")
+        writer.append_text(job_id, "job canceled before a worker took it")
         return job, True
     if flagged:
-        logs.append_text(job_id, "cancel requested; stopping the build")
+        writer.append_text(job_id, "cancel requested; stopping the build")
     return job, not job.is_final

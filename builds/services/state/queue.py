@@ -32,7 +32,7 @@ from django.db.models import Count, F, Max, Min, Q, QuerySet
 from django.db.models.functions import Now
 
 from builds.models import ACTIVE_STATUSES, Job, ServiceCounter, Status, TenantLimit
-from builds.services import dispatch
+from builds.services.state import dispatch
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ The same reader serves three shapes of output:
   byte offset just after them, so a client that reconnects with `Last-Event-ID` resumes with
   the next byte. A last `event: end` says the job is final.
 
-Under WSGI (the admin, Django's test client) a cursor reads for itself (`LogCursor.step()`). In
+Under WSGI (the admin, Django's test client) a cursor reads for itself (`LogCursor.step()`,
+streamed by builds/api/logstream.py's LogStreamingResponse). In
 the web process (ASGI) followers are many and long-lived, so they share: all of one job's
 followers are served by one `LogFeed` that polls the job, and every database read of a web
 process runs on a few `Readers` threads whose connections are closed whenever no read is
@@ -32,10 +33,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from django.conf import settings
 from django.db import connection
-from django.http import StreamingHttpResponse
 
+from builds.joblog.writer import log_end
 from builds.models import FINAL_STATUSES, Job, LogChunk
-from builds.services import logs
 
 READ_BATCH_BYTES = 256 * 1024
 POLL_SECONDS = 0.5
@@ -49,6 +49,38 @@ READER_THREADS = 2
 FEED_KEEP_BYTES = 2 * READ_BATCH_BYTES
 
 logger = logging.getLogger(__name__)
+
+
+def log_exists(job_id: str) -> bool:
+    return LogChunk.objects.filter(job_id=job_id).exists()
+
+
+def read_from(job_id: str, offset: int, end: int) -> Iterator[bytes]:
+    """Yield the log bytes in [offset, end), one chunk at a time, with a marker for gaps."""
+    position = offset
+    # Start at the chunk holding `offset` (found through the (job, offset) index), not at 0.
+    first = (
+        LogChunk.objects.filter(job_id=job_id, offset__lte=offset).order_by("-offset").values_list("offset", flat=True)
+        .first()
+    )
+    chunks = (
+        LogChunk.objects.filter(job_id=job_id, offset__gte=first or 0, offset__lt=end)
+        .order_by("offset")
+        .values_list("offset", "data")
+    )
+    for chunk_offset, data in chunks.iterator(chunk_size=64):
+        data = bytes(data)
+        chunk_end = chunk_offset + len(data)
+        if chunk_end <= position:
+            continue
+        if chunk_offset > position:
+            omitted = chunk_offset - position
+            yield f"[... {omitted} bytes of log omitted: the log exceeded its size limit ...]\n".encode()
+            position = chunk_offset
+        yield data[position - chunk_offset : min(len(data), end - chunk_offset)]
+        position = min(chunk_end, end)
+        if position >= end:
+            break
 
 
 def gap_marker(omitted: int) -> bytes:
@@ -196,15 +228,6 @@ class LogCursor:
                 time.sleep(self.wait_seconds)
 
 
-class LogStreamingResponse(StreamingHttpResponse):
-    """Streams a LogCursor under WSGI (the admin, Django's test client). The web process's log
-    route streams with `LogFollowers` instead (builds.api.logstream)."""
-
-    def __init__(self, cursor: LogCursor, **kwargs):
-        super().__init__(iter(cursor), **kwargs)
-        self._cursor = cursor
-
-
 # --- the web process: followers share readers ------------------------------------------------
 
 
@@ -260,7 +283,7 @@ def _poll(job_id: str, position: int | None) -> tuple[str, list[bytes], int]:
     # The status before the bytes, as in LogCursor.step().
     status = job_status(job_id) or "deleted"
     if position is None:  # a new feed starts at the end: followers behind read for themselves
-        return status, [], logs.log_end(job_id)
+        return status, [], log_end(job_id)
     pieces, position = read_batch(job_id, position)
     return status, pieces, position
 
@@ -407,7 +430,7 @@ def followers() -> LogFollowers:
 def log_tail(job_id: str, max_bytes: int) -> tuple[str, int, int]:
     """The last `max_bytes` of the log as text (from a line start where possible), with the
     offset it starts at and the end of the log."""
-    end = logs.log_end(job_id)
+    end = log_end(job_id)
     start = max(0, end - max_bytes)
     data = b"".join(LogCursor(job_id, start, end=end))
     if start > 0 and b"\n" in data:

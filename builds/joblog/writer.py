@@ -1,50 +1,22 @@
-"""Job logs: append-only chunks in the database, masked before they are stored.
+"""Writing job logs: append-only chunks in the database, masked (builds/joblog/masking.py)
+before they are stored.
 
 Lines look like ``[2026-11-27T03:28:50.123Z] text``. Writers append whole chunks at the current
 end of the log; when a log outgrows LOG_MAX_BYTES its first half is kept, the newest bytes are
-kept, and the chunks between are deleted. Readers show such a gap as one marker line.
+kept, and the chunks between are deleted. Readers (builds/joblog/reader.py) show such a gap as
+one marker line.
 """
 
-import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 
+from builds.joblog.masking import Masker
 from builds.models import LogChunk
-from builds.services import dbfaults
-
-MASK = "***"
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
-_MIN_SECRET_LENGTH = 3
-
-
-def mask_url_credentials(text: str) -> str:
-    return _URL_CREDENTIALS.sub(lambda m: m.group(1) + MASK + "@", text)
-
-
-class Masker:
-    """Replaces secret values and URL credentials in text before anybody can see it.
-
-    Build output is masked line by line, so a secret of several lines (a PEM key) is also
-    masked line by line: each of its lines is a secret value of its own."""
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        candidates = set()
-        for secret in secrets:
-            candidates.add(secret)
-            candidates.update(line.strip() for line in secret.splitlines())
-        values = sorted({s for s in candidates if s and len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
-
-    def __call__(self, text: str) -> str:
-        if self._pattern is not None:
-            text = self._pattern.sub(MASK, text)
-        return mask_url_credentials(text)
-
+from builds.services.operations import dbfaults
 
 def timestamp() -> str:
     now = datetime.now(timezone.utc)
@@ -56,7 +28,8 @@ def format_lines(text: str) -> str:
     return "".join(f"[{stamp}] {line}\n" for line in text.splitlines() or [""])
 
 
-def _end_of_log(job_id: str) -> int:
+def log_end(job_id: str) -> int:
+    """The offset just after the job's last byte (0 for no log)."""
     last = LogChunk.objects.filter(job_id=job_id).order_by("-offset").values_list("offset", "data").first()
     return last[0] + len(last[1]) if last else 0
 
@@ -64,11 +37,11 @@ def _end_of_log(job_id: str) -> int:
 def append_chunk(job_id: str, data: bytes) -> int:
     """Append bytes at the end of the job's log; returns the new end offset."""
     if not data:
-        return _end_of_log(job_id)
+        return log_end(job_id)
     for _ in range(20):
         try:
             with transaction.atomic():
-                end = _end_of_log(job_id)
+                end = log_end(job_id)
                 LogChunk.objects.create(job_id=job_id, offset=end, data=data)
                 new_end = end + len(data)
                 if new_end > settings.LOG_MAX_BYTES:
@@ -170,42 +143,3 @@ class LogWriter:
             self._size = self._dropped = 0
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-
-def log_exists(job_id: str) -> bool:
-    return LogChunk.objects.filter(job_id=job_id).exists()
-
-
-def log_end(job_id: str) -> int:
-    return _end_of_log(job_id)
-
-
-def read_from(job_id: str, offset: int, end: int) -> Iterator[bytes]:
-    """Yield the log bytes in [offset, end), one chunk at a time, with a marker for gaps."""
-    position = offset
-    # Start at the chunk holding `offset` (found through the (job, offset) index), not at 0.
-    first = (
-        LogChunk.objects.filter(job_id=job_id, offset__lte=offset).order_by("-offset").values_list("offset", flat=True)
-        .first()
-    )
-    chunks = (
-        LogChunk.objects.filter(job_id=job_id, offset__gte=first or 0, offset__lt=end)
-        .order_by("offset")
-        .values_list("offset", "data")
-    )
-    for chunk_offset, data in chunks.iterator(chunk_size=64):
-        data = bytes(data)
-        chunk_end = chunk_offset + len(data)
-        if chunk_end <= position:
-            continue
-        if chunk_offset > position:
-            omitted = chunk_offset - position
-            yield f"[... {omitted} bytes of log omitted: the log exceeded its size limit ...]\n".encode()
-            position = chunk_offset
-        yield data[position - chunk_offset : min(len(data), end - chunk_offset)]
-        position = min(chunk_end, end)
-        if position >= end:
-            break

@@ -1,6 +1,6 @@
 """What buildkitd itself may fetch for a build: `ADD <url>` sources and images.
 
-RUN steps are contained by the build network's egress policy (hubfly.buildnet), but buildkitd
+RUN steps are contained by the build network's egress policy (infra.buildnet), but buildkitd
 fetches `ADD https://...`, `ADD git@...` and every image from the host's own network. So each
 build gets a BuildKit source policy (`buildctl --source-policy-file`) that denies every HTTP,
 git and image source, then allows back what this module checked:
@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from builds.services.logs import mask_url_credentials
-from hubfly import buildnet
+from builds.joblog.masking import mask_url_credentials
+from infra import buildnet
 
 _ARG = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-+][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _SCP_GIT = re.compile(r"^[A-Za-z0-9._~-]+@(?P<host>[A-Za-z0-9.-]+):")

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import re
 import urllib.error
 import urllib.parse
@@ -43,9 +42,8 @@ def basic_credentials(host: str) -> str | None:
     """`user:password` for the registry host, base64-encoded, or None."""
     if settings.REGISTRY_USERNAME:
         return base64.b64encode(f"{settings.REGISTRY_USERNAME}:{settings.REGISTRY_PASSWORD}".encode()).decode()
-    config_dir = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
     try:
-        auths = json.loads((config_dir / "config.json").read_text()).get("auths") or {}
+        auths = json.loads((Path(settings.DOCKER_CONFIG) / "config.json").read_text()).get("auths") or {}
     except (OSError, ValueError):
         return None
     for key in (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"):

@@ -1,4 +1,7 @@
-"""Worker start-up hooks."""
+"""What a Celery worker does when it starts (hooks on Celery's worker_process_init and
+worker_ready, loaded by builds/apps.py): pool processes die with their worker, the broker
+connection is warmed up, and the jobs and workspaces of this host's dead workers are taken back
+and removed."""
 
 import logging
 import os
@@ -10,7 +13,9 @@ from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.db import connection
 
-from builds.services import dispatch, housekeeping, process, reaper
+from builds.services import process
+from builds.services.operations import housekeeping
+from builds.services.state import dispatch, reaper
 
 log = logging.getLogger(__name__)
 

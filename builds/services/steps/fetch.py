@@ -32,7 +32,9 @@ from django.conf import settings
 
 from builds import errors
 from builds.errors import TransientError, UserError
-from builds.services import gitsource, logs, process
+from builds.joblog import masking
+from builds.services import process
+from builds.services.steps import source_rules
 
 # The workspace's disk filled up while git wrote to it: this host's fault, retried (perhaps elsewhere).
 _NO_SPACE = re.compile(r"no space left on device|disk quota exceeded", re.I)
@@ -69,8 +71,8 @@ def checked_source(*, url: str, ref: str = "", commit_sha: str = "") -> Source:
     """The source with the addresses its host may be fetched from; SOURCE_REFUSED if the
     rules refuse it (checked now, in the worker: DNS may answer otherwise than at submit)."""
     try:
-        addresses = gitsource.check_host_allowed(gitsource.parse_repository(url))
-    except gitsource.SourceError as exc:
+        addresses = source_rules.check_host_allowed(source_rules.parse_repository(url))
+    except source_rules.SourceError as exc:
         raise UserError(str(exc), code=errors.SOURCE_REFUSED) from None
     return Source(url=url, ref=ref, commit_sha=commit_sha, addresses=addresses)
 
@@ -166,7 +168,7 @@ def pin(url: str, addresses: tuple[str, ...]) -> tuple[list[str], str]:
     host was checked at), whatever the host's name resolves to by the time git looks it up."""
     if not addresses:
         return [], _SSH_COMMAND
-    repo = gitsource.parse_repository(url)
+    repo = source_rules.parse_repository(url)
     if _is_address(repo.host):
         return [], _SSH_COMMAND
     if repo.scheme == "ssh":
@@ -185,9 +187,13 @@ def _is_address(host: str) -> bool:
     return True
 
 
+def _search_path() -> str:
+    return settings.INHERITED_ENV.get("PATH", "/usr/bin:/bin")
+
+
 def git_env(home: Path) -> dict[str, str]:
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": _search_path(),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "GIT_TERMINAL_PROMPT": "0",
@@ -197,8 +203,8 @@ def git_env(home: Path) -> dict[str, str]:
     }
     for name in ("GIT_SSL_CAINFO", "SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "no_proxy",
                  "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        if name in settings.INHERITED_ENV:
+            env[name] = settings.INHERITED_ENV[name]
     return env
 
 
@@ -260,7 +266,7 @@ class Fetcher:
                 source = checked_source(url=resolved, commit_sha=sha)
             except UserError as exc:
                 raise UserError(f"submodule {path!r} ({url}): {exc}", code=errors.SOURCE_REFUSED) from None
-            self.log.line(f"fetching submodule {path} from {logs.mask_url_credentials(resolved)} at {sha}")
+            self.log.line(f"fetching submodule {path} from {masking.mask_url_credentials(resolved)} at {sha}")
             target = tree / path
             sub = Fetcher(checkout=target, guard=self.guard, log=self.log, home=Path(self.env["HOME"]))
             sub.deadline, sub.space = self.deadline, self.space
@@ -343,7 +349,7 @@ def submodules(tree: Path) -> list[tuple[str, str, str]]:
         return []
     listed = subprocess.run(
         [settings.GIT_BIN, "config", "--file", str(modules), "--null", "--get-regexp", r"^submodule\..*\.(path|url)$"],
-        capture_output=True, text=True, timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        capture_output=True, text=True, timeout=30, env={"PATH": _search_path(),
                                                            "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"},
     )
     entries: dict[str, dict[str, str]] = {}
@@ -368,7 +374,7 @@ def submodules(tree: Path) -> list[tuple[str, str, str]]:
 def _gitlinks(tree: Path) -> dict[str, str]:
     out = subprocess.run([settings.GIT_BIN, "-C", str(tree), "ls-tree", "-r", "-z", "HEAD"],
                          capture_output=True, text=True, timeout=60,
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+                         env={"PATH": _search_path(), "GIT_CONFIG_NOSYSTEM": "1",
                               "HOME": "/nonexistent"})
     links = {}
     for item in filter(None, out.stdout.split("\0")):

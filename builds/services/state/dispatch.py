@@ -2,7 +2,7 @@
 tasks (builds.tasks), which import the services.
 
 A build message says "there is work" (it names a job, which is only a hint: the slot that gets
-it starts the job the fair queue picks, builds.services.queue). A lost publish is harmless: the
+it starts the job the fair queue picks, builds.services.state.queue). A lost publish is harmless: the
 reaper re-sends messages for pending jobs that no worker took in time, and a message that finds
 nothing to start is owed back to the queue."""
 
