@@ -12,7 +12,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -200,7 +199,7 @@ def test_add_url_follows_the_egress_rules(api, worker, git_server, infra, host_s
         assert job.error_code == "EGRESS_REFUSED", (job.error_code, job.error)
     # A URL the Dockerfile builds from a variable we do not know is denied by BuildKit itself.
     repo = git_server.repo("add-url-arg-" + new_id())
-    repo.commit({"Dockerfile": BASE + f"ARG WHERE\nADD http://$WHERE/ /fetched\n"})
+    repo.commit({"Dockerfile": BASE + "ARG WHERE\nADD http://$WHERE/ /fetched\n"})
     job = wait_final(submit(api, repo.url), timeout=120)
     assert job.status == "failed"
     assert job.error_code == "EGRESS_REFUSED", (job.error_code, job.error, log_text(api, job.id)[-2000:])

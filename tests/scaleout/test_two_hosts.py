@@ -3,14 +3,11 @@ data and log directories (two hosts), two web processes. Jobs spread over both w
 job built on one "host" has its log served by the other web process."""
 
 import json
-import os
-import time
 import urllib.request
 
 import pytest
 from django.conf import settings
 
-from builds.models import Job
 from tests.conftest import API_TOKEN, TEST_ROOT, Worker
 from tests.support.jobs import new_id, wait_final
 from tests.support.webserver import WebServer

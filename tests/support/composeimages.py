@@ -21,7 +21,6 @@ loaded into the engine (`docker load`) only when its id there differs.
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
