@@ -216,14 +216,14 @@ REGISTRY_INSECURE = env_bool("REGISTRY_INSECURE", False)
 # infra.localservices generated a pair into DATA_DIR; an operator's own docker config file is
 # used as it is (DOCKER_CONFIG, a directory holding config.json).
 REGISTRY_USERNAME = env_str("REGISTRY_USERNAME")
-# The operator's docker config directory (its config.json), read for registry credentials when
-# REGISTRY_USERNAME is not set.
-DOCKER_CONFIG = Path(env_str("DOCKER_CONFIG") or Path.home() / ".docker")
 REGISTRY_PASSWORD = env_str("REGISTRY_PASSWORD")
 if bool(REGISTRY_USERNAME) != bool(REGISTRY_PASSWORD):
     raise ConfigError("REGISTRY_USERNAME and REGISTRY_PASSWORD must be set together")
 if not REGISTRY_USERNAME and (DATA_DIR / "registry-credentials").exists():
     REGISTRY_USERNAME, _, REGISTRY_PASSWORD = (DATA_DIR / "registry-credentials").read_text().strip().partition(":")
+# The operator's docker config directory (its config.json), read for registry credentials when
+# REGISTRY_USERNAME is not set.
+DOCKER_CONFIG = Path(env_str("DOCKER_CONFIG") or Path.home() / ".docker")
 # The network of RUN steps (infra.buildnet): "bridge" (a namespace of its own per step, public
 # egress only) or "none" (no egress at all, for every build). BUILD_EGRESS_ALLOW opens
 # exceptions: CIDRs, addresses or host:port, comma-separated.

@@ -36,6 +36,7 @@ REGISTRY_START_SECONDS = 20.0
 BUILDKITD_START_SECONDS = 60.0
 POLL_SECONDS = 0.2
 
+
 class ServiceError(RuntimeError):
     pass
 

@@ -36,7 +36,7 @@ from django.db import models
 from django.utils.dateparse import parse_datetime
 
 from builds import presentation, selectors
-from builds.models import ACTIVE_STATUSES, Job, Status
+from builds.models import Job, Status
 from builds.services.state import queue
 
 JOB_PATH = re.compile(r"^/api/v1/jobs/([^/]+)$")
@@ -157,10 +157,6 @@ _COLUMNS = ", ".join(Job._meta.get_field(name).column for name in presentation.S
 _ORDER = ", ".join(f"{Job._meta.get_field(name.lstrip('-')).column} {'DESC' if name.startswith('-') else 'ASC'}"
                    for name in selectors.LIST_ORDER)
 _ROW_BY_ID = f"SELECT {_COLUMNS} FROM {_TABLE} WHERE id = ?"
-# Moves whenever the places may have (as builds.services.state.queue's): jobs that wait or run, counted,
-# and the newest change among them.
-_SIGNATURE = (f"SELECT COUNT(*), MAX(updated_at) FROM {_TABLE} WHERE status IN "
-              f"({', '.join(repr(str(s)) for s in (Status.PENDING, *ACTIVE_STATUSES))})")
 
 
 def _datetime(raw: str) -> datetime.datetime:
@@ -323,12 +319,12 @@ class LoopReads:
         if cached is not None and asked_at - cached[2] < queue.PLACES_MAX_AGE_SECONDS:
             if cached[0] == version:
                 return cached[3]
-            signature = db.execute(_SIGNATURE).fetchall()[0]
+            signature = db.execute(queue.SIGNATURE_SQL).fetchall()[0]
             if signature == cached[1]:
                 self._places = (version, *cached[1:])
                 return cached[3]
         else:
-            signature = db.execute(_SIGNATURE).fetchall()[0]
+            signature = db.execute(queue.SIGNATURE_SQL).fetchall()[0]
         while True:
             if self._placing is None:
                 task = asyncio.ensure_future(self._place(version, signature, asked_at))

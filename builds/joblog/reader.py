@@ -56,31 +56,13 @@ def log_exists(job_id: str) -> bool:
 
 
 def read_from(job_id: str, offset: int, end: int) -> Iterator[bytes]:
-    """Yield the log bytes in [offset, end), one chunk at a time, with a marker for gaps."""
-    position = offset
-    # Start at the chunk holding `offset` (found through the (job, offset) index), not at 0.
-    first = (
-        LogChunk.objects.filter(job_id=job_id, offset__lte=offset).order_by("-offset").values_list("offset", flat=True)
-        .first()
-    )
-    chunks = (
-        LogChunk.objects.filter(job_id=job_id, offset__gte=first or 0, offset__lt=end)
-        .order_by("offset")
-        .values_list("offset", "data")
-    )
-    for chunk_offset, data in chunks.iterator(chunk_size=64):
-        data = bytes(data)
-        chunk_end = chunk_offset + len(data)
-        if chunk_end <= position:
-            continue
-        if chunk_offset > position:
-            omitted = chunk_offset - position
-            yield f"[... {omitted} bytes of log omitted: the log exceeded its size limit ...]\n".encode()
-            position = chunk_offset
-        yield data[position - chunk_offset : min(len(data), end - chunk_offset)]
-        position = min(chunk_end, end)
-        if position >= end:
-            break
+    """Yield the log bytes in [offset, end), a batch at a time, with a marker for gaps."""
+    while offset < end:
+        pieces, position = read_batch(job_id, offset, end)
+        if position == offset:
+            return
+        yield from pieces
+        offset = position
 
 
 def gap_marker(omitted: int) -> bytes:

@@ -54,6 +54,7 @@ TRANSITIONS = _transitions()
 def _from(move: str) -> tuple[str, ...]:
     return MOVES[move][0]
 
+
 _CANCEL_REQUESTED = Q(cancel_requested_at__isnull=False)
 
 

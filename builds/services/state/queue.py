@@ -283,13 +283,16 @@ _places_cache: tuple = (None, -math.inf, {})  # (signature, computed at, places)
 _places_lock = threading.Lock()
 
 
+# The queue's signature. Plain SQL without parameters: it runs on every read of a pending job
+# (here and on builds.api.reads' own SQLite connection), the ORM's compiling costs more than the
+# query, and the values are only compared.
+SIGNATURE_SQL = (f"SELECT COUNT(*), MAX(updated_at) FROM {Job._meta.db_table} WHERE status IN "
+                 f"({', '.join(repr(str(s)) for s in (Status.PENDING, *ACTIVE_STATUSES))})")
+
+
 def _signature() -> tuple:
-    # Plain SQL: it runs on every read of a pending job, and the ORM's compiling costs more than
-    # the query; the values are only compared.
-    statuses = (Status.PENDING, *ACTIVE_STATUSES)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT COUNT(*), MAX(updated_at) FROM {Job._meta.db_table} "
-                       f"WHERE status IN ({', '.join(['%s'] * len(statuses))})", [str(s) for s in statuses])
+        cursor.execute(SIGNATURE_SQL)
         return tuple(cursor.fetchone())
 
 
