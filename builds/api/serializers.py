@@ -259,7 +259,7 @@ class JobCreateInput(serializers.Serializer):
     def validate_callbackUrl(self, value):
         if value:
             try:
-                callbacks.check_callback_url(value)
+                callbacks.check_callback_url(value, max_age_seconds=source_rules.SUBMIT_DNS_CACHE_SECONDS)
             except source_rules.SourceError as exc:
                 raise _source_error(exc)
         return value

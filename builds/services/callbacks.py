@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("builds.audit")
 
 
-def check_callback_url(url: str) -> tuple[str, ...]:
+def check_callback_url(url: str, *, max_age_seconds: float = 0) -> tuple[str, ...]:
     """A job's own callbackUrl: http(s), no credentials, and a host that resolves to public
     addresses only, unless CALLBACK_ALLOWED_HOSTS lists it (the rules of git URLs). Raises
-    source_rules.SourceError saying why; returns the addresses accepted (empty: listed by name)."""
+    source_rules.SourceError saying why; returns the addresses accepted (empty: listed by name).
+    `max_age_seconds`: as check_host_allowed's (the API's check; a delivery asks again)."""
     if len(url) > source_rules.MAX_URL_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise source_rules.SourceError("callbackUrl must be a URL without spaces or control characters")
     parts = urlsplit(url)
@@ -51,7 +52,7 @@ def check_callback_url(url: str) -> tuple[str, ...]:
         raise source_rules.SourceError("callbackUrl must not have a fragment")
     repo = source_rules.Repository(url=url, scheme=parts.scheme, host=host.lower(), port=port)
     return source_rules.check_host_allowed(repo, allowed=settings.CALLBACK_ALLOWED_HOSTS, what="callback host",
-                                        setting="CALLBACK_ALLOWED_HOSTS")
+                                        setting="CALLBACK_ALLOWED_HOSTS", max_age_seconds=max_age_seconds)
 
 
 def enqueue_outcome(job: Job) -> CallbackEvent | None:

@@ -6,9 +6,11 @@ worker's check returns the addresses it accepted and git is pinned to them, so a
 changes again between the check and the fetch is never used.
 """
 
+import contextlib
 import ipaddress
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -34,6 +36,25 @@ _resolved: dict[tuple[str, int], tuple[float, list]] = {}
 
 class SourceError(ValueError):
     """The source names something we refuse to fetch; the message says why."""
+
+
+class WouldResolve(Exception):
+    """A host's DNS answer was needed where no blocking call may be made (the web process's
+    event loop, builds.api.creations) and none was kept: the caller asks again where it may
+    block. Not an OSError: check_host_allowed must not take it for a failed lookup."""
+
+
+_no_lookups = threading.local()
+
+
+@contextlib.contextmanager
+def kept_answers_only():
+    """In this thread, a DNS question without a kept answer raises WouldResolve."""
+    _no_lookups.on = True
+    try:
+        yield
+    finally:
+        _no_lookups.on = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,8 @@ def _getaddrinfo(host: str, port: int, max_age_seconds: float) -> list:
     now = time.monotonic()
     if cached and now - cached[0] < max_age_seconds:
         return cached[1]
+    if getattr(_no_lookups, "on", False):
+        raise WouldResolve(host)
     infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     if max_age_seconds > 0:
         if len(_resolved) >= _MAX_CACHED_HOSTS:
