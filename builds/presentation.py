@@ -87,13 +87,15 @@ def queue_place(job_id: str, places: dict) -> dict:
     return places.get(job_id) or dict(CANCELING)
 
 
-def job_json(job: Job | JobRow, places: dict | None = None, *, placed: bool = True) -> dict:
+def job_json(job: Job | JobRow, places: dict | None = None, *, placed: bool = True, reason: str | None = None) -> dict:
     """The job as the API shows it. `places`: the queue's places (default: queue.cached_places()).
-    `placed=False` (a job just created): its reason to wait, but no position, which would cost
-    placing every waiting job once per creation."""
+    `placed=False` (a job just created): its reason to wait (`reason`, default
+    queue.waiting_reason's), but no position, which would cost placing every waiting job once
+    per creation."""
     place = None
     if job.status == Status.PENDING and not placed:
-        place = {"position": None, "ahead": None, "reason": queue.waiting_reason(job.user_id, job.project_id)}
+        reason = reason or queue.waiting_reason(job.user_id, job.project_id)
+        place = {"position": None, "ahead": None, "reason": reason}
     elif job.status == Status.PENDING:
         if places is None:
             places = queue.cached_places()

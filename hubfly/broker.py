@@ -12,6 +12,7 @@ reaches processes on this host alone, and other SQLAlchemy databases keep plain 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -169,6 +170,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 class Channel(kombu_sqla.Channel):
     def __init__(self, connection, **kwargs):
         self._queue_ids: dict[str, int] = {}
+        self._batch: set[str] | None = None  # while batched: the queues written to, uncommitted
         super().__init__(connection, **kwargs)
 
     def _engine_from_config(self):
@@ -184,12 +186,19 @@ class Channel(kombu_sqla.Channel):
         if queue_id is None:
             queue_id = self._queue_ids[queue] = self._get_or_create(queue).id
         insert = self.message_cls.__table__.insert().values(payload=dumps(payload), queue_id=queue_id)
+        if self._batch is not None:
+            self.session.execute(insert)
+            self._batch.add(queue)
+            return
         try:
             self.session.execute(insert)
             self.session.commit()
         except OperationalError:
             self.session.rollback()
             raise
+        self._ring(queue)
+
+    def _ring(self, queue: str) -> None:
         if self.connection.doorbell is not None:
             self.connection.doorbell.ring(queue)
 
@@ -205,6 +214,27 @@ class Channel(kombu_sqla.Channel):
     def _ring_self(self) -> None:
         if self.connection.doorbell is not None:
             self.connection.doorbell.ring_self()
+
+
+@contextlib.contextmanager
+def batched(channel):
+    """The messages published on `channel` inside the block written in one transaction,
+    committed (and their queues rung once) when it ends; nothing of them if it raises. Any
+    other transport's channel publishes as it always does."""
+    if not isinstance(channel, Channel) or channel._batch is not None:
+        yield
+        return
+    channel._batch = set()
+    try:
+        yield
+        channel.session.commit()
+    except BaseException:
+        channel.session.rollback()
+        raise
+    finally:
+        queues, channel._batch = channel._batch, None
+    for queue in queues:
+        channel._ring(queue)
 
 
 class Transport(kombu_sqla.Transport):

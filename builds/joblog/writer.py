@@ -67,6 +67,12 @@ def _trim_middle(job_id: str, end: int) -> None:
         LogChunk.objects.filter(pk__in=doomed).delete()
 
 
+def start_logs(job_ids: list[str], text: str) -> None:
+    """The first lines of the logs of jobs just created (in their creation's transaction)."""
+    data = format_lines(Masker()(text)).encode("utf-8", "replace")
+    LogChunk.objects.bulk_create([LogChunk(job_id=job_id, offset=0, data=data) for job_id in job_ids])
+
+
 def append_text(job_id: str, text: str, masker: Masker | None = None) -> int:
     """Append timestamped lines (used by the API, the reaper and the pipeline's own steps)."""
     masker = masker or Masker()

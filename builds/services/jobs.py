@@ -122,28 +122,38 @@ def _one_creation_at_a_time():
     return contextlib.nullcontext()
 
 
+ACCEPTED = "job accepted; waiting for a worker"
+
+
+def _new_job(data: dict) -> tuple[Job, str, dict[str, str]]:
+    """The unsaved job of a validated request, its request's fingerprint and its secret values."""
+    build_config, secrets = _split_secrets(data.get("buildConfig") or {})
+    digest = fingerprint({**data, "buildConfig": build_config} if secrets else data)
+    job = Job(
+        id=data["id"],
+        project_id=data["projectId"],
+        user_id=data["userId"],
+        source_type=data.get("sourceType", "git"),
+        source_info=data["sourceInfo"],
+        build_config=build_config,
+        secret_values=seal_secrets(secrets),
+        request_fingerprint=digest,
+        callback_url=data.get("callbackUrl") or "",
+        priority=PRIORITIES[BuildSettings.of(build_config).priority],
+        enqueued_at=Now(),  # the database's clock, as the reaper compares it
+    )
+    return job, digest, secrets
+
+
 def job_create(*, data: dict) -> tuple[Job, bool]:
     """Store a validated request as a pending job and queue it once committed.
     Returns (job, created); the same request again returns the existing job."""
-    build_config, secrets = _split_secrets(data.get("buildConfig") or {})
-    digest = fingerprint({**data, "buildConfig": build_config} if secrets else data)
+    job, digest, secrets = _new_job(data)
     # Created first, looked up on a clash: a creation is one transaction, the repeat the rare case.
     try:
         with _one_creation_at_a_time(), transaction.atomic():
-            job = Job.objects.create(
-                id=data["id"],
-                project_id=data["projectId"],
-                user_id=data["userId"],
-                source_type=data.get("sourceType", "git"),
-                source_info=data["sourceInfo"],
-                build_config=build_config,
-                secret_values=seal_secrets(secrets),
-                request_fingerprint=digest,
-                callback_url=data.get("callbackUrl") or "",
-                priority=PRIORITIES[BuildSettings.of(build_config).priority],
-                enqueued_at=Now(),  # the database's clock, as the reaper compares it
-            )
-            writer.append_text(job.id, "job accepted; waiting for a worker")
+            job.save(force_insert=True)
+            writer.append_text(job.id, ACCEPTED)
             supersede_older(job)
             dispatch.publish_on_commit(job.id)
         return job, True
@@ -156,6 +166,27 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
     if not same and not (secrets and existing.request_fingerprint == fingerprint(data)):
         raise JobConflict()
     return existing, False
+
+
+def jobs_create_new(requests: list[dict]) -> list[Job | None]:
+    """Group commit: validated requests stored as pending jobs in one transaction (rows, log
+    headers, supersedes) and queued once it committed, their messages in one publish. Where a
+    request's id is taken (or named twice in `requests`) its place in the answer is None:
+    job_create answers it (the existing job, or JobConflict), one by one."""
+    built = [_new_job(data)[0] for data in requests]
+    with _one_creation_at_a_time(), transaction.atomic():
+        taken = set(Job.objects.filter(pk__in=[job.pk for job in built]).values_list("pk", flat=True))
+        answer = []
+        for job in built:
+            answer.append(None if job.pk in taken else job)
+            taken.add(job.pk)
+        fresh = [job for job in answer if job is not None]
+        Job.objects.bulk_create(fresh)
+        writer.start_logs([job.pk for job in fresh], ACCEPTED)
+        for job in fresh:
+            supersede_older(job)
+        dispatch.publish_many_on_commit([job.pk for job in fresh])
+    return answer
 
 
 def jobs_seal_plain_secrets() -> int:

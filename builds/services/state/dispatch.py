@@ -10,6 +10,7 @@ import logging
 
 from django.db import transaction
 
+from hubfly.broker import batched
 from hubfly.celery import app
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,17 @@ def publish(job_id: str, countdown: float | None = None) -> None:
         log.exception("could not publish job %s; the reaper will re-send it", job_id)
 
 
+def publish_many(job_ids: list[str]) -> None:
+    """One message per job, written to the broker together: on the SQLite broker one
+    transaction and one ring for all of them (hubfly.broker.batched)."""
+    try:
+        with app.producer_or_acquire() as producer, batched(producer.channel):
+            for job_id in job_ids:
+                app.send_task(RUN_JOB, args=(job_id,), producer=producer)
+    except Exception:  # as publish's
+        log.exception("could not publish jobs %s; the reaper will re-send them", ", ".join(job_ids))
+
+
 def warm_up(celery_app=None) -> bool:
     """Open the broker connection a publish needs (~0.5 s the first time in a process: engine,
     tables, producer pool), so the first job after a start is accepted as fast as the rest.
@@ -46,3 +58,8 @@ def warm_up(celery_app=None) -> bool:
 
 def publish_on_commit(job_id: str) -> None:
     transaction.on_commit(lambda: publish(job_id))
+
+
+def publish_many_on_commit(job_ids: list[str]) -> None:
+    if job_ids:
+        transaction.on_commit(lambda: publish_many(job_ids))
