@@ -7,7 +7,9 @@ request (the JSON API, the admin, static files) runs Django as WSGI in a pool of
 threads: one hand-off per request instead of several, and each thread keeps its database
 connection between requests (CONN_MAX_AGE). Reads of jobs are answered in front of Django's
 handler when they succeed (builds.api.reads): on SQLite in the event loop itself, before the
-hand-off to a thread; on PostgreSQL in the threads. Measured in bench/RESULTS.md.
+hand-off to a thread; on PostgreSQL in the threads. Job creations that succeed are taken in the
+loop too and stored by group commit in a thread of their own (builds.api.creations). Measured
+in bench/RESULTS.md.
 
 Neither half reads a request body before it is checked: the WSGI half reads lazily (the size
 limit and the token come first), and the log route refuses any body unread.
@@ -23,9 +25,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubfly.settings")
 django_app = get_wsgi_application()  # sets Django up first
 
 from builds.api.logstream import LOG_PATH, refuse_request_body, serve_logs  # noqa: E402
+from builds.api.creations import LoopCreations  # noqa: E402
 from builds.api.reads import LeanReads, in_the_loop  # noqa: E402
 
-api = in_the_loop(WSGIMiddleware(LeanReads(django_app), workers=settings.WEB_THREADS))
+api = LoopCreations(in_the_loop(WSGIMiddleware(LeanReads(django_app), workers=settings.WEB_THREADS)))
 
 streaming = refuse_request_body(serve_logs)
 

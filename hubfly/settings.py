@@ -154,6 +154,9 @@ API_DATABASE_WAIT_SECONDS = env_float("API_DATABASE_WAIT_SECONDS", 10.0, minimum
 # GET of a job and of the job list answered without Django's middleware and DRF
 # (builds.api.reads); off only to measure the difference (bench/apiwrk.py).
 API_LEAN_READS = env_bool("API_LEAN_READS", True)
+# POST /api/v1/jobs validated in the event loop and stored by group commit (builds.api.creations);
+# off only to measure the difference (bench/apiwrk.py).
+API_LEAN_CREATIONS = env_bool("API_LEAN_CREATIONS", True)
 # Celery's lines about periodic tasks that found nothing to do (hubfly.logformat.QuietPeriodicTasks).
 LOG_IDLE_PERIODIC_TASKS = env_bool("LOG_IDLE_PERIODIC_TASKS", False)
 # Live log followers one web process serves at once (more get 429); they share one reader per

@@ -46,7 +46,7 @@ JOB_ALLOW = "GET, HEAD, OPTIONS"
 LIST_ALLOW = "GET, POST, HEAD, OPTIONS"
 
 
-def _token_ok(header: str) -> bool:
+def token_ok(header: str) -> bool:
     """BearerTokenAuthentication's accept rule; its refusals are Django's to write."""
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -124,7 +124,7 @@ class LeanReads:
 
     def __call__(self, environ, start_response):
         if (not self.enabled or environ.get("REQUEST_METHOD") != "GET"
-                or not _token_ok(environ.get("HTTP_AUTHORIZATION", ""))):
+                or not token_ok(environ.get("HTTP_AUTHORIZATION", ""))):
             return self.django_app(environ, start_response)
         path = environ.get("PATH_INFO", "")
         if path == LIST_PATH:
@@ -190,7 +190,7 @@ def job_row(values: tuple) -> presentation.JobRow:
                                   for (name, convert), raw in zip(_CONVERTERS, values)})
 
 
-def _asgi_headers(allow: str, length: int) -> list[tuple[bytes, bytes]]:
+def asgi_headers(allow: str, length: int) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in _headers(allow, length)]
 
 
@@ -225,7 +225,7 @@ class LoopReads:
         if body is None:
             await self.threaded(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _asgi_headers(allow, len(body))})
+        await send({"type": "http.response.start", "status": 200, "headers": asgi_headers(allow, len(body))})
         await send({"type": "http.response.body", "body": body})
 
     def _route(self, scope):
@@ -239,7 +239,7 @@ class LoopReads:
                 authorization = value
             elif name in (b"content-length", b"transfer-encoding") and value != b"0":
                 return None  # a body, however odd on a GET: the size rules are Django's middleware's
-        if authorization is None or not _token_ok(authorization.decode("latin-1")):
+        if authorization is None or not token_ok(authorization.decode("latin-1")):
             return None
         path = scope["path"]
         if path == LIST_PATH:
