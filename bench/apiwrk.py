@@ -6,7 +6,8 @@ pending jobs (no worker: they stay pending), in variants that take turns for eac
 - lean: this checkout, as it runs by default;
 - h11: this checkout on uvicorn's pure-Python HTTP parser and asyncio's loop (gunicorn's
   uvicorn_worker.UvicornH11Worker), as before httptools and uvloop were installed;
-- django: this checkout with API_LEAN_READS=0 (job reads through Django's middleware and DRF);
+- django: this checkout with API_LEAN_READS=0 and API_LEAN_CREATIONS=0 (job reads and creations
+  through Django's middleware and DRF);
 - baseline: with --baseline DIR, the code in DIR (another release, e.g. `git archive <ref>`
   unpacked there), run by the same Python, on the HTTP stack its requirements.txt installs (h11
   and asyncio's loop unless it lists httptools).
@@ -149,6 +150,17 @@ class Server:
             ids.append(job_id)
         return ids
 
+    def stored(self) -> tuple[int, int]:
+        """(jobs in the database, messages in the broker): no worker runs, so each job created
+        must have its one message waiting."""
+        import sqlite3
+
+        counts = []
+        for name, table in (("hubfly.sqlite3", "builds_job"), ("broker.sqlite3", "kombu_message")):
+            with sqlite3.connect(self.data_dir / name) as db:
+                counts.append(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        return counts[0], counts[1]
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server's processes (gunicorn and its workers) so far."""
         total = 0
@@ -174,14 +186,26 @@ def wrk(port: int, script: Path, seconds: int, *args: str) -> dict:
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     requests, errors, duration, p50, p95, p99 = line.split()[1:]
     return {"rate": int(requests) / float(duration), "errors": int(errors), "p50": float(p50), "p95": float(p95),
-            "p99": float(p99)}
+            "p99": float(p99), "duration": float(duration), "answered": int(requests) - int(errors)}
 
 
 def loadavg() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
-def main() -> int:
+def run(ctx) -> None:
+    """bench/run.py's entry (`--only wrk`): the default variants against Django's path, short
+    with --short so the test command keeps this script working."""
+    short = ["--seconds", "2", "--rounds", "1", "--pending", "50"] if ctx.short else []
+    if main([*short, "--only", "lean,django"], ctx) != 0:
+        raise RuntimeError("apiwrk could not run")
+
+
+TARGETS = {"GET /api/v1/jobs/{id}": ">= 3,000 (lean)", "GET /api/v1/jobs?projectId=p0&limit=50": ">= 1,000 (lean)",
+           "POST /api/v1/jobs": ">= 600, p95 < 50 ms (lean)"}
+
+
+def main(argv=None, ctx=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="per figure, round and variant")
     parser.add_argument("--rounds", type=int, default=2)
@@ -190,14 +214,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_WORKERS", "1")),
                         help="uvicorn workers of each web process (the Procfile's default: 1)")
     parser.add_argument("--only", default="", help="comma-separated variants (lean,h11,django,baseline)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed (scripts/setup.sh --dev installs it)", file=sys.stderr)
         return 2
     h11 = "uvicorn_worker.UvicornH11Worker"
-    variants = {"lean": (REPO_ROOT, {"API_LEAN_READS": "1"}, {}),
-                "h11": (REPO_ROOT, {"API_LEAN_READS": "1"}, {"worker_class": h11}),
-                "django": (REPO_ROOT, {"API_LEAN_READS": "0"}, {})}
+    lean, django = ({"API_LEAN_READS": on, "API_LEAN_CREATIONS": on} for on in ("1", "0"))
+    variants = {"lean": (REPO_ROOT, lean, {}),
+                "h11": (REPO_ROOT, lean, {"worker_class": h11}),
+                "django": (REPO_ROOT, django, {})}
     if args.baseline:
         source = args.baseline.resolve()
         stack = {} if "httptools" in (source / "requirements.txt").read_text() else {"worker_class": h11}
@@ -211,6 +236,7 @@ def main() -> int:
     (scripts / "post.lua").write_text(LUA_POST.replace("@TOKEN@", TOKEN).replace("@REPO@", REPO_URL))
     servers: dict[str, Server] = {}
     results: dict[tuple[str, str], list[dict]] = {}
+    posted: dict[str, int] = {}
     print(f"{os.cpu_count()} cores; load average at start {loadavg()}; {args.pending} pending jobs; "
           f"{args.workers} web worker(s); wrk -t2 -c8, {args.seconds} s per figure x {args.rounds} rounds, "
           f"variants take turns", flush=True)
@@ -234,10 +260,19 @@ def main() -> int:
                     result["cpu_ms"] = (server.cpu_seconds() - cpu) * 1000 / max(1, result["rate"] * args.seconds)
                     result["load"] = loadavg()
                     results.setdefault((figure, name), []).append(result)
+                    if script == "post.lua":
+                        posted[name] = posted.get(name, 0) + result["answered"]
                     print(f"  {figure:42s} {name:9s} round {round_ + 1}: {result['rate']:7.0f} req/s, p50 "
                           f"{result['p50']:6.2f} ms, p95 {result['p95']:6.2f} ms, p99 {result['p99']:6.2f} ms, "
                           f"server CPU {result['cpu_ms']:5.2f} ms/request, errors {result['errors']}, load {result['load']}",
                           flush=True)
+        # Nothing lost to the speed: every job answered is stored, and each has its message.
+        for name, server in servers.items():
+            stored, messages = server.stored()
+            print(f"  {name}: {stored} jobs stored ({args.pending} seeded + {posted.get(name, 0)} POSTs answered "
+                  f"2xx, and any in flight when wrk stopped), {messages} broker messages", flush=True)
+            if stored < args.pending + posted.get(name, 0) or messages != stored:
+                raise RuntimeError(f"{name}: jobs or messages lost")
     finally:
         for server in servers.values():
             server.stop()
@@ -252,6 +287,10 @@ def main() -> int:
                            f"{cpu[name] / cpu['lean']:.2f}x less CPU" for name, r in best.items()
                            if name != "lean" and "lean" in best and r["rate"] and cpu["lean"])
         print(f"  {figure}: {line}{'; ' + ratios if ratios else ''}")
+        if ctx is not None:
+            for name, r in best.items():
+                ctx.add("wrk", f"{figure}, {name}: rate", "req/s", r["rate"], TARGETS[figure] if name == "lean" else "")
+                ctx.add("wrk", f"{figure}, {name}: p95", "ms", r["p95"])
     return 0
 
 

@@ -31,9 +31,9 @@ if str(REPO_ROOT) not in sys.path:
 # Run in this order; api leaves the instance's worker stopped, and faults (which restarts the
 # instance with short leases) comes after it so no other figure runs on those settings.
 BENCHES = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "profile", "throughput",
-           "webvariants", "api", "memory", "faults")
-DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "throughput", "api", "memory",
-           "faults")
+           "webvariants", "api", "wrk", "memory", "faults")
+DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "throughput", "api", "wrk",
+           "memory", "faults")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,9 +84,9 @@ def base_images_wanted(args) -> bool:
 MODULES = {"git": "gitfetch", "fairqueue": "fairqueue", "dispatch": "dispatch", "overhead": "overhead",
            "attest": "attestations", "isolation": "isolation",
            "rebuild": "rebuild",
-           "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload",
+           "profile": "profiling", "throughput": "throughput", "webvariants": "webvariants", "api": "apiload", "wrk": "apiwrk",
            "memory": "memory", "faults": "faults"}
-NO_INSTANCE = ("git", "fairqueue", "webvariants")  # these start what they measure themselves
+NO_INSTANCE = ("git", "fairqueue", "webvariants", "wrk")  # these start what they measure themselves
 INFRA_ONLY = ("isolation",)  # these use the registry and buildkitd, not the service
 RESTARTING = ("throughput", "faults", "memory", "attest")  # these start the instance with settings of their own
 
