@@ -17,12 +17,15 @@ BASE = "FROM debian:bookworm-slim\nARG NONCE\n"
 
 
 def run_lab(steps: list[dict], **env) -> list[dict]:
-    """The steps through tests.support.queuelab, on a database of their own."""
+    """The steps through tests.support.queuelab, on a database of their own: a SQLite file in its
+    DATA_DIR, also when the session runs on PostgreSQL (HUBFLY_TEST_SCALEOUT), whose shared
+    database holds other tests' jobs, ids like the lab's among them."""
     data_dir = TEST_ROOT / f"queuelab-{uuid.uuid4().hex[:8]}"
+    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     out = subprocess.run(
         [sys.executable, "-m", "tests.support.queuelab"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
         input="\n".join(json.dumps(s) for s in steps),
-        env={**os.environ, "DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in env.items()}},
+        env={**inherited, "DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in env.items()}},
     )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
