@@ -32,8 +32,8 @@ if str(REPO_ROOT) not in sys.path:
 # instance with short leases) comes after it so no other figure runs on those settings.
 BENCHES = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "profile", "throughput",
            "webvariants", "api", "wrk", "memory", "faults")
-DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "throughput", "api", "wrk",
-           "memory", "faults")
+DEFAULT = ("git", "fairqueue", "dispatch", "overhead", "attest", "isolation", "rebuild", "throughput", "api", "memory",
+           "faults")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
