@@ -125,11 +125,16 @@ def _one_creation_at_a_time():
 ACCEPTED = "job accepted; waiting for a worker"
 
 
-def _new_job(data: dict) -> tuple[Job, str, dict[str, str]]:
-    """The unsaved job of a validated request, its request's fingerprint and its secret values."""
+def _request_digest(data: dict) -> tuple[dict, dict[str, str], str]:
+    """(the build config without secret values, the secret values, the request's fingerprint)."""
     build_config, secrets = _split_secrets(data.get("buildConfig") or {})
-    digest = fingerprint({**data, "buildConfig": build_config} if secrets else data)
-    job = Job(
+    return build_config, secrets, fingerprint({**data, "buildConfig": build_config} if secrets else data)
+
+
+def _new_job(data: dict) -> Job:
+    """The unsaved job of a validated request."""
+    build_config, secrets, digest = _request_digest(data)
+    return Job(
         id=data["id"],
         project_id=data["projectId"],
         user_id=data["userId"],
@@ -142,25 +147,21 @@ def _new_job(data: dict) -> tuple[Job, str, dict[str, str]]:
         priority=PRIORITIES[BuildSettings.of(build_config).priority],
         enqueued_at=Now(),  # the database's clock, as the reaper compares it
     )
-    return job, digest, secrets
 
 
 def job_create(*, data: dict) -> tuple[Job, bool]:
     """Store a validated request as a pending job and queue it once committed.
     Returns (job, created); the same request again returns the existing job."""
-    job, digest, secrets = _new_job(data)
-    # Created first, looked up on a clash: a creation is one transaction, the repeat the rare case.
     try:
-        with _one_creation_at_a_time(), transaction.atomic():
-            job.save(force_insert=True)
-            writer.append_text(job.id, ACCEPTED)
-            supersede_older(job)
-            dispatch.publish_on_commit(job.id)
-        return job, True
-    except IntegrityError:  # the id is taken: by this same request earlier, or by another
-        existing = Job.objects.filter(pk=data["id"]).first()
-        if existing is None:  # not the id's constraint
+        job = jobs_create_new([data])[0]
+    except IntegrityError:  # the id taken meanwhile, by another process's creation
+        if not Job.objects.filter(pk=data["id"]).exists():  # not the id's constraint
             raise
+        job = None
+    if job is not None:
+        return job, True
+    existing = Job.objects.get(pk=data["id"])
+    _, secrets, digest = _request_digest(data)
     same = existing.request_fingerprint == digest and _same_secrets(existing, secrets)
     # A row a release before secret_values wrote hashes the whole request, values included.
     if not same and not (secrets and existing.request_fingerprint == fingerprint(data)):
@@ -169,11 +170,12 @@ def job_create(*, data: dict) -> tuple[Job, bool]:
 
 
 def jobs_create_new(requests: list[dict]) -> list[Job | None]:
-    """Group commit: validated requests stored as pending jobs in one transaction (rows, log
-    headers, supersedes) and queued once it committed, their messages in one publish. Where a
-    request's id is taken (or named twice in `requests`) its place in the answer is None:
-    job_create answers it (the existing job, or JobConflict), one by one."""
-    built = [_new_job(data)[0] for data in requests]
+    """Validated requests stored as pending jobs in one transaction (rows, log headers,
+    supersedes) and queued once it committed, their messages in one publish: the API's group
+    commit (builds.api.creations) and, for one request, job_create. Where a request's id is
+    taken (or named twice in `requests`) its place in the answer is None: job_create answers
+    it (the existing job, or JobConflict)."""
+    built = [_new_job(data) for data in requests]
     with _one_creation_at_a_time(), transaction.atomic():
         taken = set(Job.objects.filter(pk__in=[job.pk for job in built]).values_list("pk", flat=True))
         answer = []
