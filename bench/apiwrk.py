@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -153,8 +154,6 @@ class Server:
     def stored(self) -> tuple[int, int]:
         """(jobs in the database, messages in the broker): no worker runs, so each job created
         must have its one message waiting."""
-        import sqlite3
-
         counts = []
         for name, table in (("hubfly.sqlite3", "builds_job"), ("broker.sqlite3", "kombu_message")):
             with sqlite3.connect(self.data_dir / name) as db:
