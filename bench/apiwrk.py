@@ -175,8 +175,9 @@ class Server:
         return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        localservices.stop(self.proc, timeout=30)
-        self.log.close()
+        if not self.log.closed:
+            localservices.stop(self.proc, timeout=30)
+            self.log.close()
 
 
 def wrk(port: int, script: Path, seconds: int, *args: str) -> dict:
@@ -266,12 +267,17 @@ def main(argv=None, ctx=None) -> int:
                           f"server CPU {result['cpu_ms']:5.2f} ms/request, errors {result['errors']}, load {result['load']}",
                           flush=True)
         # Nothing lost to the speed: every job answered is stored, and each has its message.
+        # Counted once the server has stopped: the requests in flight when wrk stopped finish
+        # first (a job committed but its message not yet published is no loss).
         for name, server in servers.items():
+            server.stop()
             stored, messages = server.stored()
             print(f"  {name}: {stored} jobs stored ({args.pending} seeded + {posted.get(name, 0)} POSTs answered "
                   f"2xx, and any in flight when wrk stopped), {messages} broker messages", flush=True)
             if stored < args.pending + posted.get(name, 0) or messages != stored:
-                raise RuntimeError(f"{name}: jobs or messages lost")
+                log = (server.data_dir / "web.log").read_text(errors="replace").splitlines()
+                print("\n".join(log[-40:]), file=sys.stderr)
+                raise RuntimeError(f"{name}: jobs or messages lost (the web process's last log lines above)")
     finally:
         for server in servers.values():
             server.stop()
